@@ -1,0 +1,198 @@
+//! An address-range bus: port I/O and MMIO accesses are routed to the device whose range
+//! holds the access's first address (a 4-byte `out` to a 1-port device reaches it, as on
+//! a real ISA bus and in QEMU; the device decides what the width means). Ranges never overlap; an access nobody claims is reported to the
+//! caller, which decides what the guest sees (all-ones for reads).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// What a device asks of the VMM after an access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceAction {
+    /// Stop the VM; the process exits with this status.
+    Exit(u8),
+    /// The guest asked for a reset.
+    Reset,
+    /// The guest asked to power off.
+    Poweroff,
+}
+
+/// A device on a bus. `offset` is relative to the start of the device's range.
+pub trait BusDevice: Send {
+    /// A guest read of `data.len()` bytes.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// A guest write; the device may ask the VMM to act on it.
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<DeviceAction>;
+}
+
+/// A device shared between the bus and its owner.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+/// Errors registering devices.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    /// The range is empty or overlaps another device's.
+    #[error("bus range {base:#x}+{len:#x} for {name} overlaps {other} or is empty")]
+    Overlap {
+        /// The new device.
+        name: &'static str,
+        /// The device already there.
+        other: &'static str,
+        /// Requested base.
+        base: u64,
+        /// Requested length.
+        len: u64,
+    },
+}
+
+/// Access counters of one bus entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AccessCounts {
+    /// Reads.
+    pub reads: u64,
+    /// Writes.
+    pub writes: u64,
+}
+
+struct Entry {
+    len: u64,
+    name: &'static str,
+    device: SharedDevice,
+    counts: Mutex<AccessCounts>,
+}
+
+/// A bus of non-overlapping ranges.
+#[derive(Default)]
+pub struct Bus {
+    entries: BTreeMap<u64, Entry>,
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Put `device` at `base..base+len`.
+    pub fn insert(
+        &mut self,
+        name: &'static str,
+        base: u64,
+        len: u64,
+        device: SharedDevice,
+    ) -> Result<(), BusError> {
+        let overlap = |other: &'static str| BusError::Overlap {
+            name,
+            other,
+            base,
+            len,
+        };
+        if len == 0 || base.checked_add(len).is_none() {
+            return Err(overlap("nothing (empty or wrapping range)"));
+        }
+        if let Some((b, e)) = self.entries.range(..base + len).next_back() {
+            if b + e.len > base {
+                return Err(overlap(e.name));
+            }
+        }
+        self.entries.insert(
+            base,
+            Entry {
+                len,
+                name,
+                device,
+                counts: Mutex::new(AccessCounts::default()),
+            },
+        );
+        Ok(())
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, &Entry)> {
+        let (base, e) = self.entries.range(..=addr).next_back()?;
+        (addr < base + e.len).then_some((*base, e))
+    }
+
+    /// Route a read. Returns `false` (leaving `data` untouched) when no device claims it.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        let Some((base, e)) = self.find(addr) else {
+            return false;
+        };
+        lock(&e.counts).reads += 1;
+        lock(&e.device).read(addr - base, data);
+        true
+    }
+
+    /// Route a write. `None` when no device claims it; `Some(action)` otherwise.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Option<Option<DeviceAction>> {
+        let (base, e) = self.find(addr)?;
+        lock(&e.counts).writes += 1;
+        Some(lock(&e.device).write(addr - base, data))
+    }
+
+    /// Per-device access counts, in address order.
+    pub fn counts(&self) -> Vec<(&'static str, u64, AccessCounts)> {
+        self.entries
+            .iter()
+            .map(|(b, e)| (e.name, *b, *lock(&e.counts)))
+            .collect()
+    }
+}
+
+/// Lock a mutex, recovering the data if a panicking thread poisoned it (device state stays
+/// usable; a poisoned device must not take the whole VMM down).
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo(u8);
+    impl BusDevice for Echo {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(self.0 + offset as u8);
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) -> Option<DeviceAction> {
+            self.0 = data[0];
+            None
+        }
+    }
+
+    #[test]
+    fn routes_by_range_and_rejects_overlap() {
+        let mut bus = Bus::new();
+        bus.insert("a", 0x10, 8, Arc::new(Mutex::new(Echo(1))))
+            .unwrap();
+        bus.insert("b", 0x18, 8, Arc::new(Mutex::new(Echo(0x40))))
+            .unwrap();
+        assert!(bus
+            .insert("c", 0x14, 2, Arc::new(Mutex::new(Echo(0))))
+            .is_err());
+        assert!(bus
+            .insert("d", 0x0c, 8, Arc::new(Mutex::new(Echo(0))))
+            .is_err());
+        assert!(bus
+            .insert("e", u64::MAX, 2, Arc::new(Mutex::new(Echo(0))))
+            .is_err());
+        let mut d = [0u8; 1];
+        assert!(bus.read(0x12, &mut d));
+        assert_eq!(d[0], 3);
+        assert!(bus.read(0x18, &mut d));
+        assert_eq!(d[0], 0x40);
+        let mut wide = [0u8; 4];
+        assert!(bus.read(0x17, &mut wide), "routed by its first address");
+        assert_eq!(wide, [8; 4]);
+        assert!(!bus.read(0x20, &mut d));
+        assert!(!bus.read(u64::MAX, &mut wide));
+        assert_eq!(bus.write(0x10, &[7]), Some(None));
+        assert_eq!(bus.write(0x30, &[7]), None);
+        assert_eq!(
+            bus.counts()[0].2,
+            AccessCounts {
+                reads: 2,
+                writes: 1
+            }
+        );
+    }
+}

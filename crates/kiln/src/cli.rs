@@ -1,0 +1,283 @@
+//! Command-line definitions and their translation into a `VmConfig`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln_arch::CpuMode;
+use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, Vm, VmConfig};
+use std::path::PathBuf;
+
+const EXIT_STATUSES: &str = "\
+Exit status:
+  0      guest halted (raw guests) or powered off; Ctrl-A x
+  1      Kiln error: bad arguments, unreadable or invalid files, unusable /dev/kvm
+  2      guest reset
+  4      guest panic
+  6      triple fault, KVM internal/emulation error, unexpected VM exit
+  odd N  guest wrote V to the debug-exit port 0xf4: N = ((V << 1) | 1) & 0xff
+  130    stopped by SIGINT; 143 stopped by SIGTERM";
+
+/// Kiln: a virtual machine monitor for Linux KVM.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot a guest. With no guest arguments, runs the built-in demo guest.
+    #[command(after_help = EXIT_STATUSES, after_long_help = RUN_LONG_HELP)]
+    Run(RunArgs),
+}
+
+const RUN_LONG_HELP: &str = "\
+Guests:
+  kiln run                                   the built-in demo guest
+  kiln run --load code.bin@0xf0000 --load table.bin@0x100000 --mode real --dump-regs
+  kiln run --kernel mbkernel.elf --cmdline 'debug' --module initrd.img,'init args'
+
+Raw guests start with CS:IP = (entry >> 4):(entry & 0xf) in real mode, or with Kiln's flat
+GDT at 0x1000 (code 0x10 / 64-bit code 0x08, data 0x18) in protected and long mode; long
+mode identity-maps RAM (at least 4 GiB) with 2 MiB pages in tables from 0x9000. RSP is
+0x8000 and RBX points at Kiln's boot-info block at 0x1800. Loads may not overlap
+0x1000-0x1fff, nor the page tables in long mode. The guest ends with HLT, a triple fault,
+or a write to the debug-exit port 0xf4. The serial port is COM1 (0x3f8); stdin is
+forwarded to it; Ctrl-A x quits when stdin is a terminal.
+
+Exit status:
+  0      guest halted (raw guests) or powered off; Ctrl-A x
+  1      Kiln error: bad arguments, unreadable or invalid files, unusable /dev/kvm
+  2      guest reset
+  4      guest panic
+  6      triple fault, KVM internal/emulation error, unexpected VM exit
+  odd N  guest wrote V to the debug-exit port 0xf4: N = ((V << 1) | 1) & 0xff
+  130    stopped by SIGINT; 143 stopped by SIGTERM";
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// 16-bit real mode.
+    Real,
+    /// 32-bit protected mode, flat segments, no paging.
+    Protected,
+    /// 64-bit long mode, identity-mapped.
+    Long,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Load FILE at guest-physical ADDR (repeatable), e.g. code.bin@0xf0000.
+    #[arg(long, value_name = "FILE@ADDR", value_parser = parse_load)]
+    load: Vec<(PathBuf, u64)>,
+
+    /// Entry point of a raw guest [default: the first --load address].
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, requires = "load")]
+    entry: Option<u64>,
+
+    /// CPU mode a raw guest starts in.
+    #[arg(long, value_enum, default_value_t = Mode::Real, requires = "load")]
+    mode: Mode,
+
+    /// A kernel to boot (multiboot v1: ELF32 or a.out kludge).
+    #[arg(long, value_name = "FILE", conflicts_with = "load")]
+    kernel: Option<PathBuf>,
+
+    /// The kernel command line.
+    #[arg(long, value_name = "STRING", default_value = "", requires = "kernel")]
+    cmdline: String,
+
+    /// An initial ramdisk (for multiboot kernels: the first module).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+
+    /// A multiboot module with an optional command line (repeatable).
+    #[arg(long, value_name = "FILE[,ARGS]", requires = "kernel", value_parser = parse_module)]
+    module: Vec<ModuleSpec>,
+
+    /// Guest RAM: 512M, 2G, or a plain number of MiB.
+    #[arg(short = 'm', long, value_name = "SIZE", default_value = "128M", value_parser = parse_memory)]
+    memory: u64,
+
+    /// Print the vCPU registers when the guest stops (always after a triple fault).
+    #[arg(long)]
+    dump_regs: bool,
+
+    /// Print VM-exit counts and unknown port/MMIO accesses when the guest stops.
+    #[arg(long)]
+    trace_exits: bool,
+
+    /// The KVM device (tests; default $KILN_KVM_DEVICE or /dev/kvm).
+    #[arg(long, hide = true, value_name = "PATH")]
+    kvm_device: Option<PathBuf>,
+}
+
+/// Parse a guest address: `0x` hex, or decimal.
+fn parse_addr(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => t.replace('_', "").parse(),
+    };
+    r.map_err(|_| format!("'{s}' is not an address (use 0x hex or decimal)"))
+}
+
+fn parse_load(s: &str) -> Result<(PathBuf, u64), String> {
+    let (file, addr) = s
+        .rsplit_once('@')
+        .ok_or_else(|| format!("'{s}' is not FILE@ADDR"))?;
+    if file.is_empty() {
+        return Err(format!("'{s}' names no file"));
+    }
+    Ok((PathBuf::from(file), parse_addr(addr)?))
+}
+
+fn parse_module(s: &str) -> Result<ModuleSpec, String> {
+    let (path, args) = match s.split_once(',') {
+        Some((p, a)) => (p, Some(a.to_string())),
+        None => (s, None),
+    };
+    if path.is_empty() {
+        return Err(format!("'{s}' names no file"));
+    }
+    Ok(ModuleSpec {
+        path: path.into(),
+        args,
+    })
+}
+
+/// Parse a memory size: a number with an optional K, M, G or T suffix (binary units,
+/// optional trailing "B" or "iB"); a plain number means MiB, as in QEMU.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let bad = || format!("'{s}' is not a memory size (examples: 512M, 2G, 1024)");
+    let lower = t.to_ascii_lowercase();
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, shift) = match body.chars().last() {
+        Some('k') => (&body[..body.len() - 1], 10),
+        Some('m') => (&body[..body.len() - 1], 20),
+        Some('g') => (&body[..body.len() - 1], 30),
+        Some('t') => (&body[..body.len() - 1], 40),
+        Some(c) if c.is_ascii_digit() => (body, 20),
+        _ => return Err(bad()),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err("guest memory size must be greater than 0".into());
+    }
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Run the parsed command; returns the exit status, or a one-line error.
+pub fn execute(cli: Cli) -> Result<u8, String> {
+    match cli.command {
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> Result<u8, String> {
+    let guest = if let Some(kernel) = args.kernel {
+        let mut modules = Vec::new();
+        if let Some(initrd) = args.initrd {
+            modules.push(ModuleSpec {
+                path: initrd,
+                args: None,
+            });
+        }
+        modules.extend(args.module);
+        GuestConfig::Multiboot {
+            kernel,
+            cmdline: args.cmdline,
+            modules,
+        }
+    } else if !args.load.is_empty() {
+        GuestConfig::Raw {
+            loads: args
+                .load
+                .into_iter()
+                .map(|(path, addr)| LoadSpec {
+                    source: LoadSource::File(path),
+                    addr,
+                })
+                .collect(),
+            entry: args.entry,
+            mode: match args.mode {
+                Mode::Real => CpuMode::Real,
+                Mode::Protected => CpuMode::Protected,
+                Mode::Long => CpuMode::Long,
+            },
+        }
+    } else {
+        GuestConfig::Raw {
+            loads: vec![LoadSpec {
+                source: LoadSource::Bytes {
+                    name: "the built-in demo guest".into(),
+                    data: kiln_guests::DEMO.to_vec(),
+                },
+                addr: kiln_guests::DEMO_LOAD_ADDR,
+            }],
+            entry: None,
+            mode: CpuMode::Real,
+        }
+    };
+    let mut config = VmConfig::new(guest);
+    config.memory = args.memory;
+    config.kvm_path = args.kvm_device;
+    config.dump_regs = args.dump_regs;
+    config.trace_exits = args.trace_exits;
+
+    let vm = Vm::build(&config).map_err(|e| e.to_string())?;
+    let outcome = vm.run().map_err(|e| e.to_string())?;
+    if let Some(msg) = outcome.reason.message() {
+        match outcome.culprit {
+            Some(id) => eprintln!("kiln: {msg} (vCPU {id})"),
+            None => eprintln!("kiln: {msg}"),
+        }
+    }
+    for dump in &outcome.dumps {
+        eprint!("{dump}");
+    }
+    if config.trace_exits {
+        eprint!("{}", outcome.stats.report());
+        eprintln!("--- port devices ---");
+        for (name, base, c) in &outcome.device_counts {
+            eprintln!(
+                "  {name:<12} {base:#06x} reads {} writes {}",
+                c.reads, c.writes
+            );
+        }
+    }
+    Ok(outcome.exit_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512M"), Ok(512 << 20));
+        assert_eq!(parse_memory("2G"), Ok(2 << 30));
+        assert_eq!(parse_memory("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_memory("1024"), Ok(1 << 30));
+        assert_eq!(parse_memory("64k"), Ok(64 << 10));
+        assert!(parse_memory("0").is_err());
+        assert!(parse_memory("12Q").is_err());
+        assert!(parse_memory("").is_err());
+        assert!(parse_memory("99999999999T").is_err());
+    }
+
+    #[test]
+    fn loads_and_addresses() {
+        assert_eq!(
+            parse_load("a@b.bin@0x1000"),
+            Ok((PathBuf::from("a@b.bin"), 0x1000))
+        );
+        assert_eq!(parse_addr("1048576"), Ok(0x10_0000));
+        assert!(parse_load("nofile").is_err());
+        assert!(parse_load("@0x10").is_err());
+        assert!(parse_addr("0xZZ").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! `VmConfig`: everything the builder needs to make a VM, in plain data. The CLI fills
+//! it; library users can build one directly.
+
+use kiln_arch::CpuMode;
+use std::path::PathBuf;
+
+/// A file to copy into guest memory before the guest starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadSpec {
+    /// Where the bytes come from.
+    pub source: LoadSource,
+    /// Guest-physical address of the first byte.
+    pub addr: u64,
+}
+
+/// The bytes of a load: a file, or bytes already in memory (built-in guests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadSource {
+    /// A file on the host.
+    File(PathBuf),
+    /// Bytes with a name for messages.
+    Bytes {
+        /// Shown in messages.
+        name: String,
+        /// The contents.
+        data: Vec<u8>,
+    },
+}
+
+impl LoadSource {
+    /// A name for messages.
+    pub fn name(&self) -> String {
+        match self {
+            LoadSource::File(p) => p.display().to_string(),
+            LoadSource::Bytes { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// A multiboot module: a file and its command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleSpec {
+    /// The module's file.
+    pub path: PathBuf,
+    /// The module's string; the file name when `None`.
+    pub args: Option<String>,
+}
+
+/// What the guest is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestConfig {
+    /// Raw binaries entered directly in a chosen CPU mode.
+    Raw {
+        /// Files and where they go.
+        loads: Vec<LoadSpec>,
+        /// Entry point; the first load's address when `None`.
+        entry: Option<u64>,
+        /// Entry mode.
+        mode: CpuMode,
+    },
+    /// A multiboot v1 kernel.
+    Multiboot {
+        /// The kernel file.
+        kernel: PathBuf,
+        /// The command line handed to the kernel.
+        cmdline: String,
+        /// Modules, in order.
+        modules: Vec<ModuleSpec>,
+    },
+}
+
+/// A whole VM's configuration.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// The guest.
+    pub guest: GuestConfig,
+    /// The KVM device to use; `None` for `$KILN_KVM_DEVICE` or `/dev/kvm`.
+    pub kvm_path: Option<PathBuf>,
+    /// Print a register dump when the VM stops.
+    pub dump_regs: bool,
+    /// Print exit counts and unknown accesses when the VM stops.
+    pub trace_exits: bool,
+    /// Forward standard input to the serial port.
+    pub forward_stdin: bool,
+}
+
+impl VmConfig {
+    /// A configuration with defaults (128 MiB, one vCPU, stdin forwarded).
+    pub fn new(guest: GuestConfig) -> Self {
+        VmConfig {
+            memory: 128 << 20,
+            vcpus: 1,
+            guest,
+            kvm_path: None,
+            dump_regs: false,
+            trace_exits: false,
+            forward_stdin: true,
+        }
+    }
+}

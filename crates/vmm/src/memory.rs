@@ -1,0 +1,197 @@
+//! Guest RAM and KVM memory slots.
+//!
+//! RAM is anonymous host memory mapped once by `vm-memory` (`GuestMemoryMmap`) and handed
+//! to KVM slot by slot; nothing copies guest memory. [`MemorySlots`] owns the slot
+//! numbers and lets regions be added, removed or made read-only while vCPUs run (for
+//! ROMs, BIOS shadowing and BAR moves later).
+
+use crate::error::{Result, VmmError};
+use kiln_arch::MemoryLayout;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
+use kvm_ioctls::VmFd;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// Guest memory as the VMM and devices see it.
+pub type GuestMem = GuestMemoryMmap<()>;
+
+/// Map guest RAM for `layout`. `phys_bits` is the guest's physical address width.
+pub fn create_guest_memory(layout: &MemoryLayout, phys_bits: u8) -> Result<GuestMem> {
+    if layout.ram_size == 0 {
+        return Err(VmmError::Config(
+            "guest memory size must be greater than 0".into(),
+        ));
+    }
+    if !layout.ram_size.is_multiple_of(4096) {
+        return Err(VmmError::Config(format!(
+            "guest memory size {} is not a multiple of 4 KiB",
+            layout.ram_size
+        )));
+    }
+    let limit = 1u128 << phys_bits.min(64);
+    if layout.ram_end() as u128 > limit {
+        return Err(VmmError::Memory(format!(
+            "{} of guest memory does not fit the guest's {phys_bits}-bit physical address space",
+            human_size(layout.ram_size)
+        )));
+    }
+    let ranges: Vec<(GuestAddress, usize)> = layout
+        .ram_ranges()
+        .iter()
+        .map(|r| (GuestAddress(r.start), (r.end - r.start) as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| {
+        VmmError::Memory(format!(
+            "cannot map {} of guest memory on this host: {e}",
+            human_size(layout.ram_size)
+        ))
+    })
+}
+
+/// A size as people write it (`512 MiB`, `2 GiB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    for (unit, name) in UNITS {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// One registered KVM memory slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Host virtual address of the backing memory.
+    pub host_addr: u64,
+    /// Guest writes exit to the VMM instead of landing.
+    pub readonly: bool,
+}
+
+/// The VM's memory slots.
+pub struct MemorySlots {
+    vm: Arc<VmFd>,
+    slots: BTreeMap<u32, Slot>,
+    max_slots: u32,
+}
+
+impl MemorySlots {
+    /// An empty table for `vm`, which accepts `max_slots` slots.
+    pub fn new(vm: Arc<VmFd>, max_slots: usize) -> Self {
+        MemorySlots {
+            vm,
+            slots: BTreeMap::new(),
+            max_slots: max_slots.min(u16::MAX as usize) as u32,
+        }
+    }
+
+    fn set(&self, id: u32, slot: &Slot, size: u64) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot: id,
+            flags: if slot.readonly { KVM_MEM_READONLY } else { 0 },
+            guest_phys_addr: slot.gpa,
+            memory_size: size,
+            userspace_addr: slot.host_addr,
+        };
+        // SAFETY: every slot's host range is a live mapping owned by the VM's guest memory
+        // (or a ROM mapping the VM keeps alive) for as long as the slot is registered;
+        // removal (size 0) asks KVM to forget the range.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|err| VmmError::Kvm {
+            op: "KVM_SET_USER_MEMORY_REGION",
+            err,
+        })
+    }
+
+    /// Register a region. The caller keeps the host mapping alive while it is registered.
+    pub fn add(&mut self, slot: Slot) -> Result<u32> {
+        if let Some((_, other)) = self
+            .slots
+            .iter()
+            .find(|(_, s)| s.gpa < slot.gpa + slot.size && slot.gpa < s.gpa + s.size)
+        {
+            return Err(VmmError::Memory(format!(
+                "memory region {:#x}+{:#x} overlaps {:#x}+{:#x}",
+                slot.gpa, slot.size, other.gpa, other.size
+            )));
+        }
+        let id = (0..self.max_slots)
+            .find(|i| !self.slots.contains_key(i))
+            .ok_or_else(|| VmmError::Memory("no free KVM memory slot".into()))?;
+        self.set(id, &slot, slot.size)?;
+        self.slots.insert(id, slot);
+        Ok(id)
+    }
+
+    /// Unregister a slot.
+    pub fn remove(&mut self, id: u32) -> Result<Slot> {
+        let slot = *self
+            .slots
+            .get(&id)
+            .ok_or_else(|| VmmError::Memory(format!("no memory slot {id}")))?;
+        self.set(id, &slot, 0)?;
+        self.slots.remove(&id);
+        Ok(slot)
+    }
+
+    /// Make a slot read-only or writable again. KVM cannot change that flag in place, so
+    /// the slot is removed and added back under the same number.
+    pub fn set_readonly(&mut self, id: u32, readonly: bool) -> Result<()> {
+        let mut slot = self.remove(id)?;
+        slot.readonly = readonly;
+        self.set(id, &slot, slot.size)?;
+        self.slots.insert(id, slot);
+        Ok(())
+    }
+
+    /// Register every region of guest RAM.
+    pub fn add_guest_ram(&mut self, mem: &GuestMem) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for region in mem.iter() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| VmmError::Memory(format!("guest RAM has no host mapping: {e}")))?;
+            ids.push(self.add(Slot {
+                gpa: region.start_addr().0,
+                size: region.len(),
+                host_addr: host as u64,
+                readonly: false,
+            })?);
+        }
+        Ok(ids)
+    }
+
+    /// The registered slots.
+    pub fn slots(&self) -> &BTreeMap<u32, Slot> {
+        &self.slots
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_size(512 << 20), "512 MiB");
+        assert_eq!(human_size(3 << 30), "3 GiB");
+        assert_eq!(human_size(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn refuses_zero_and_unaligned() {
+        assert!(create_guest_memory(&MemoryLayout::new(0), 46).is_err());
+        assert!(create_guest_memory(&MemoryLayout::new(4097), 46).is_err());
+        let e = create_guest_memory(&MemoryLayout::new(1 << 40), 36).unwrap_err();
+        assert!(e.to_string().contains("36-bit"), "{e}");
+    }
+}

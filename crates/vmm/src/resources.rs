@@ -1,0 +1,76 @@
+//! Who owns which guest address ranges, port ranges and interrupt lines.
+//!
+//! Every MMIO window, port range and GSI a device uses is taken from here (vm-allocator),
+//! so two devices can never claim the same resource. Fixed legacy resources (COM1, the
+//! debug-exit port) are taken with an exact-match request.
+
+use crate::error::{Result, VmmError};
+use kiln_arch::layout::{MemoryLayout, MMIO32_DEVICES};
+use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator, RangeInclusive};
+
+/// First GSI handed to devices that are not legacy ISA devices.
+pub const FIRST_DYNAMIC_GSI: u32 = 5;
+/// Last GSI the IOAPIC has.
+pub const LAST_GSI: u32 = 23;
+
+/// The VM's allocators.
+pub struct Resources {
+    /// I/O ports 0-0xffff.
+    pub pio: AddressAllocator,
+    /// The 32-bit MMIO hole's device part.
+    pub mmio32: AddressAllocator,
+    /// The 64-bit MMIO window above RAM.
+    pub mmio64: AddressAllocator,
+    /// Interrupt lines for devices.
+    pub gsi: IdAllocator,
+}
+
+fn alloc_err(what: String) -> impl FnOnce(vm_allocator::Error) -> VmmError {
+    move |e| VmmError::Config(format!("cannot reserve {what}: {e}"))
+}
+
+impl Resources {
+    /// Allocators for a VM with `layout`.
+    pub fn new(layout: &MemoryLayout) -> Result<Self> {
+        let mmio64 = layout.mmio64();
+        let mk = |base: u64, size: u64| {
+            AddressAllocator::new(base, size)
+                .map_err(alloc_err(format!("range {base:#x}+{size:#x}")))
+        };
+        Ok(Resources {
+            pio: mk(0, 0x1_0000)?,
+            mmio32: mk(
+                MMIO32_DEVICES.start,
+                MMIO32_DEVICES.end - MMIO32_DEVICES.start,
+            )?,
+            mmio64: mk(mmio64.start, mmio64.end - mmio64.start)?,
+            gsi: IdAllocator::new(FIRST_DYNAMIC_GSI, LAST_GSI)
+                .map_err(alloc_err("the GSI range".into()))?,
+        })
+    }
+
+    /// Take a fixed port range for a legacy device.
+    pub fn reserve_ports(&mut self, name: &str, base: u64, len: u64) -> Result<RangeInclusive> {
+        self.pio
+            .allocate(len, 1, AllocPolicy::ExactMatch(base))
+            .map_err(alloc_err(format!("ports {base:#x}+{len} for {name}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_ports_cannot_be_taken_twice() {
+        let mut r = Resources::new(&MemoryLayout::new(64 << 20)).unwrap();
+        r.reserve_ports("com1", 0x3f8, 8).unwrap();
+        assert!(r.reserve_ports("again", 0x3fc, 1).is_err());
+        assert_eq!(r.gsi.allocate_id().unwrap(), FIRST_DYNAMIC_GSI);
+        let w = r
+            .mmio32
+            .allocate(0x1000, 0x1000, AllocPolicy::FirstMatch)
+            .unwrap();
+        assert_eq!(w.start(), MMIO32_DEVICES.start);
+    }
+}

@@ -1,0 +1,335 @@
+//! The VM: built from a [`VmConfig`], run until the guest or the user stops it.
+
+use crate::config::{GuestConfig, VmConfig};
+use crate::console::{ConsoleInput, InputEvent, StopSignals};
+use crate::error::{kvm_err, os_err, Result, VmmError};
+use crate::exits::ExitStats;
+use crate::kvm;
+use crate::loader::{self, BootState};
+use crate::memory::{create_guest_memory, GuestMem, MemorySlots};
+use crate::resources::Resources;
+use crate::stop::{StopLatch, StopReason};
+use crate::vcpu::{Vcpu, VmShared};
+use kiln_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use kiln_arch::MemoryLayout;
+use kiln_devices::bus::{lock, AccessCounts};
+use kiln_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
+use kiln_devices::post_code::{PostCode, POST_CODE_PORT};
+use kiln_devices::serial::{SerialIrq, SerialPort, COM1_PORT, UART_PORTS};
+use kiln_devices::Bus;
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+/// A built VM, ready to run.
+pub struct Vm {
+    _kvm: Kvm,
+    vm_fd: Arc<VmFd>,
+    memory: GuestMem,
+    layout: MemoryLayout,
+    slots: Arc<Mutex<MemorySlots>>,
+    resources: Resources,
+    shared: Arc<VmShared>,
+    serial: Arc<Mutex<SerialPort>>,
+    vcpus: Vec<Vcpu>,
+    boot: BootState,
+    forward_stdin: bool,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Why the VM stopped.
+    pub reason: StopReason,
+    /// The vCPU that caused the stop, if one did.
+    pub culprit: Option<usize>,
+    /// The process exit status for `reason`.
+    pub exit_status: u8,
+    /// Exits of all vCPUs.
+    pub stats: ExitStats,
+    /// Register dumps, in vCPU order.
+    pub dumps: Vec<String>,
+    /// Port-I/O device access counts.
+    pub device_counts: Vec<(&'static str, u64, AccessCounts)>,
+}
+
+/// The guest's physical address width, from KVM's CPUID leaf 0x8000_0008.
+fn phys_bits(cpuid: &kvm_bindings::CpuId) -> u8 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(36, |e| (e.eax & 0xff) as u8)
+}
+
+impl Vm {
+    /// Build a VM whose serial console writes to standard output.
+    pub fn build(config: &VmConfig) -> Result<Vm> {
+        Self::build_with_console(config, Box::new(std::io::stdout()))
+    }
+
+    /// Build a VM whose serial console writes to `out`.
+    pub fn build_with_console(config: &VmConfig, out: Box<dyn Write + Send>) -> Result<Vm> {
+        if config.vcpus != 1 {
+            return Err(VmmError::Config(
+                "raw and multiboot guests run on exactly one vCPU".into(),
+            ));
+        }
+        let path = kvm::kvm_path(config.kvm_path.as_deref());
+        let kvm = kvm::open(&path)?;
+        let layout = MemoryLayout::new(config.memory);
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let memory = create_guest_memory(&layout, phys_bits(&supported))?;
+
+        let (boot, irqchip) = match &config.guest {
+            GuestConfig::Raw { loads, entry, mode } => (
+                loader::load_raw(&memory, &layout, loads, *entry, *mode, config.vcpus.into())?,
+                false,
+            ),
+            GuestConfig::Multiboot {
+                kernel,
+                cmdline,
+                modules,
+            } => {
+                let image = loader::read_file(kernel)?;
+                (
+                    loader::load_multiboot(&memory, &layout, kernel, &image, cmdline, modules)?,
+                    true,
+                )
+            }
+        };
+
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            vm_fd
+                .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+                .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        }
+        if irqchip {
+            vm_fd
+                .create_irq_chip()
+                .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        }
+        let mut slots = MemorySlots::new(vm_fd.clone(), kvm.get_nr_memslots());
+        slots.add_guest_ram(&memory)?;
+
+        let mut resources = Resources::new(&layout)?;
+        let serial = Arc::new(Mutex::new(SerialPort::new(SerialIrq(None), out)));
+        let mut pio = Bus::new();
+        let bus_err = |e: kiln_devices::bus::BusError| VmmError::Config(e.to_string());
+        resources.reserve_ports("COM1", COM1_PORT, UART_PORTS)?;
+        pio.insert("serial", COM1_PORT, UART_PORTS, serial.clone())
+            .map_err(bus_err)?;
+        resources.reserve_ports("debug-exit", DEBUG_EXIT_PORT, 1)?;
+        pio.insert(
+            "debug-exit",
+            DEBUG_EXIT_PORT,
+            1,
+            Arc::new(Mutex::new(DebugExit)),
+        )
+        .map_err(bus_err)?;
+        resources.reserve_ports("POST code", POST_CODE_PORT, 1)?;
+        pio.insert(
+            "post-code",
+            POST_CODE_PORT,
+            1,
+            Arc::new(Mutex::new(PostCode::default())),
+        )
+        .map_err(bus_err)?;
+
+        let shared = Arc::new(VmShared {
+            pio,
+            mmio: Bus::new(),
+            stop: StopLatch::new().map_err(os_err("eventfd"))?,
+            hlt_stops: !irqchip,
+            dump_regs: config.dump_regs,
+        });
+
+        let mut vcpus = Vec::new();
+        for id in 0..config.vcpus as usize {
+            let fd = vm_fd
+                .create_vcpu(id as u64)
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let vcpu = Vcpu::new(id, fd, &supported)?;
+            if id == 0 {
+                vcpu.set_boot_state(&boot)?;
+            }
+            vcpus.push(vcpu);
+        }
+
+        Ok(Vm {
+            _kvm: kvm,
+            vm_fd,
+            memory,
+            layout,
+            slots: Arc::new(Mutex::new(slots)),
+            resources,
+            shared,
+            serial,
+            vcpus,
+            boot,
+            forward_stdin: config.forward_stdin,
+        })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMem {
+        &self.memory
+    }
+
+    /// The memory layout.
+    pub fn layout(&self) -> &MemoryLayout {
+        &self.layout
+    }
+
+    /// The memory-slot table (regions may be changed while the VM runs).
+    pub fn slots(&self) -> Arc<Mutex<MemorySlots>> {
+        self.slots.clone()
+    }
+
+    /// The resource allocators.
+    pub fn resources(&mut self) -> &mut Resources {
+        &mut self.resources
+    }
+
+    /// The KVM VM handle.
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm_fd
+    }
+
+    /// How the boot vCPU starts.
+    pub fn boot_state(&self) -> &BootState {
+        &self.boot
+    }
+
+    /// Run until the guest stops, a signal arrives or the user quits.
+    pub fn run(self) -> Result<RunOutcome> {
+        let signals = StopSignals::block()?;
+        let epoll = Epoll::new().map_err(os_err("epoll_create"))?;
+        const STOP: u64 = 0;
+        const SIGNAL: u64 = 1;
+        const INPUT: u64 = 2;
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(self.shared.stop.event().as_raw_fd(), STOP).map_err(os_err("epoll_ctl"))?;
+        add(signals.raw_fd(), SIGNAL).map_err(os_err("epoll_ctl"))?;
+        let mut input = if self.forward_stdin {
+            ConsoleInput::open()
+        } else {
+            None
+        };
+        if let Some(mut console) = input.take() {
+            if add(console.raw_fd(), INPUT).is_ok() {
+                input = Some(console);
+            } else {
+                // A regular file or similar cannot be polled: it is all readable now.
+                while let InputEvent::Bytes(b) = console.read() {
+                    lock(&self.serial).enqueue_input(&b);
+                }
+            }
+        }
+
+        let mut handles = Vec::new();
+        for vcpu in self.vcpus {
+            match vcpu.start(self.shared.clone()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    for h in handles {
+                        h.stop();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
+        let mut events = vec![EpollEvent::default(); 4];
+        'wait: while self.shared.stop.reason().is_none() {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.shared.stop.request(
+                        StopReason::Internal(format!("epoll_wait failed: {e}")),
+                        None,
+                    );
+                    break;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    STOP => break 'wait,
+                    SIGNAL => {
+                        if let Some(sig) = signals.take() {
+                            self.shared.stop.request(StopReason::Signal(sig), None);
+                        }
+                    }
+                    _ => {
+                        let Some(console) = input.as_mut() else {
+                            continue;
+                        };
+                        match console.read() {
+                            InputEvent::Bytes(b) => lock(&self.serial).enqueue_input(&b),
+                            InputEvent::Quit => {
+                                self.shared.stop.request(StopReason::UserQuit, None)
+                            }
+                            InputEvent::Eof => {
+                                let _ = epoll.ctl(
+                                    ControlOperation::Delete,
+                                    console.raw_fd(),
+                                    EpollEvent::default(),
+                                );
+                                input = None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        for h in &handles {
+            h.request_stop();
+        }
+        let reports: Vec<_> = handles.into_iter().map(|h| h.stop()).collect();
+        drop(input);
+        lock(&self.serial).flush();
+        drop(signals);
+
+        let (reason, culprit) = self.shared.stop.reason().unwrap_or((
+            StopReason::Internal("stopped for no recorded reason".into()),
+            None,
+        ));
+        let mut stats = ExitStats::default();
+        let mut dumps = Vec::new();
+        for r in reports {
+            stats.merge(&r.stats);
+            dumps.extend(r.dump);
+        }
+        Ok(RunOutcome {
+            exit_status: reason.exit_status(),
+            reason,
+            culprit,
+            stats,
+            dumps,
+            device_counts: self.shared.pio.counts(),
+        })
+    }
+}
+
+use std::os::fd::AsRawFd;
