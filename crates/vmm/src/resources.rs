@@ -3,6 +3,10 @@
 //! Every MMIO window, port range and GSI a device uses is taken from here (vm-allocator),
 //! so two devices can never claim the same resource. Fixed legacy resources (COM1, the
 //! debug-exit port) are taken with an exact-match request.
+//!
+//! vm-allocator 0.1.4 grants an exact-match request that lies wholly inside a range it
+//! already handed out (e.g. port 0x3fc after 0x3f8-0x3ff), so every grant is also checked
+//! against the ranges granted before and refused on overlap.
 
 use crate::error::{Result, VmmError};
 use kiln_arch::layout::{MemoryLayout, MMIO32_DEVICES};
@@ -15,6 +19,7 @@ pub const LAST_GSI: u32 = 23;
 
 /// The VM's allocators.
 pub struct Resources {
+    granted: Vec<(u8, u64, u64)>,
     /// I/O ports 0-0xffff.
     pub pio: AddressAllocator,
     /// The 32-bit MMIO hole's device part.
@@ -38,6 +43,7 @@ impl Resources {
                 .map_err(alloc_err(format!("range {base:#x}+{size:#x}")))
         };
         Ok(Resources {
+            granted: Vec::new(),
             pio: mk(0, 0x1_0000)?,
             mmio32: mk(
                 MMIO32_DEVICES.start,
@@ -51,9 +57,52 @@ impl Resources {
 
     /// Take a fixed port range for a legacy device.
     pub fn reserve_ports(&mut self, name: &str, base: u64, len: u64) -> Result<RangeInclusive> {
-        self.pio
+        let what = format!("ports {base:#x}+{len} for {name}");
+        let r = self
+            .pio
             .allocate(len, 1, AllocPolicy::ExactMatch(base))
-            .map_err(alloc_err(format!("ports {base:#x}+{len} for {name}")))
+            .map_err(alloc_err(what.clone()))?;
+        self.check_new(0, &r, what)
+    }
+
+    /// Take an MMIO window from the 32-bit hole (`below_4g`) or the 64-bit window.
+    pub fn allocate_mmio(
+        &mut self,
+        name: &str,
+        size: u64,
+        align: u64,
+        below_4g: bool,
+    ) -> Result<RangeInclusive> {
+        let what = format!("{size:#x} bytes of MMIO space for {name}");
+        let (space, alloc) = if below_4g {
+            (1, &mut self.mmio32)
+        } else {
+            (2, &mut self.mmio64)
+        };
+        let r = alloc
+            .allocate(size, align, AllocPolicy::FirstMatch)
+            .map_err(alloc_err(what.clone()))?;
+        self.check_new(space, &r, what)
+    }
+
+    fn check_new(&mut self, space: u8, r: &RangeInclusive, what: String) -> Result<RangeInclusive> {
+        let clash = self
+            .granted
+            .iter()
+            .any(|&(s, a, b)| s == space && a <= r.end() && r.start() <= b);
+        if clash {
+            let alloc = match space {
+                0 => &mut self.pio,
+                1 => &mut self.mmio32,
+                _ => &mut self.mmio64,
+            };
+            let _ = alloc.free(r);
+            return Err(VmmError::Config(format!(
+                "cannot reserve {what}: already in use"
+            )));
+        }
+        self.granted.push((space, r.start(), r.end()));
+        Ok(*r)
     }
 }
 
@@ -66,6 +115,9 @@ mod tests {
         let mut r = Resources::new(&MemoryLayout::new(64 << 20)).unwrap();
         r.reserve_ports("com1", 0x3f8, 8).unwrap();
         assert!(r.reserve_ports("again", 0x3fc, 1).is_err());
+        assert!(r.reserve_ports("again", 0x3f8, 8).is_err());
+        assert!(r.reserve_ports("straddle", 0x3f6, 4).is_err());
+        r.reserve_ports("next door", 0x400, 1).unwrap();
         assert_eq!(r.gsi.allocate_id().unwrap(), FIRST_DYNAMIC_GSI);
         let w = r
             .mmio32
