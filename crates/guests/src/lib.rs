@@ -72,6 +72,21 @@ pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.bin
 /// Guest-physical load address (and entry point) of [`HOSTILE`].
 pub const HOSTILE_LOAD_ADDR: u64 = 0x100000;
 
+/// Reads COM1 until a `.` and prints `serial-sum: count=N hash=0xXXXXXXXX` (h = h * 31 +
+/// byte over the bytes before the `.`), then halts. Flat 32-bit protected mode, load and
+/// entry at [`SERIAL_SUM_LOAD_ADDR`]. Waits forever without input.
+pub const SERIAL_SUM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/serial_sum.bin"));
+
+/// Guest-physical load address (and entry point) of [`SERIAL_SUM`].
+pub const SERIAL_SUM_LOAD_ADDR: u64 = 0x100000;
+
+/// The hash [`SERIAL_SUM`] prints for `input` (the bytes before the terminating `.`).
+pub fn serial_sum_hash(input: &[u8]) -> u32 {
+    input
+        .iter()
+        .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(b as u32))
+}
+
 /// Silent 64 KiB real-mode image for start-up benchmarks (exactly 65536
 /// bytes). Usable as a QEMU `-bios` image or in Kiln loaded at
 /// [`TINY_LOAD_ADDR`] with entry [`TINY_ENTRY`]. The reset vector (offset

@@ -9,10 +9,21 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = match cli::Cli::try_parse() {
         Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { 1 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Usage errors: one line, like every other Kiln error, and status 1.
+            let text = e.render().to_string();
+            let first = text.split("\n\n").next().unwrap_or("invalid arguments");
+            let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!(
+                "kiln: {} (see 'kiln --help')",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(1);
         }
     };
     match cli::execute(args) {

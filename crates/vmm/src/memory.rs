@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+/// The largest piece of guest RAM one KVM slot takes (KVM caps a slot just under 8 TiB).
+pub const MAX_SLOT_BYTES: u64 = 4 << 40;
+
 /// Guest memory as the VMM and devices see it.
 pub type GuestMem = GuestMemoryMmap<()>;
 
@@ -36,6 +39,15 @@ pub fn create_guest_memory(layout: &MemoryLayout, phys_bits: u8) -> Result<Guest
             human_size(layout.ram_size)
         )));
     }
+    if let Some(host) = host_memory() {
+        if layout.ram_size > host {
+            return Err(VmmError::Memory(format!(
+                "{} of guest memory is more than this host has ({} of RAM and swap)",
+                human_size(layout.ram_size),
+                human_size(host / (1 << 20) * (1 << 20))
+            )));
+        }
+    }
     let ranges: Vec<(GuestAddress, usize)> = layout
         .ram_ranges()
         .iter()
@@ -47,6 +59,18 @@ pub fn create_guest_memory(layout: &MemoryLayout, phys_bits: u8) -> Result<Guest
             human_size(layout.ram_size)
         ))
     })
+}
+
+/// The host's RAM plus swap in bytes, from /proc/meminfo. Guest RAM beyond that could
+/// never be backed, and KVM's per-slot bookkeeping for it alone could exhaust the host.
+pub fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
 }
 
 /// A size as people write it (`512 MiB`, `2 GiB`).
@@ -153,19 +177,32 @@ impl MemorySlots {
         Ok(())
     }
 
-    /// Register every region of guest RAM.
+    /// Register every region of guest RAM, in slots of at most [`MAX_SLOT_BYTES`].
     pub fn add_guest_ram(&mut self, mem: &GuestMem) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         for region in mem.iter() {
             let host = mem
                 .get_host_address(region.start_addr())
                 .map_err(|e| VmmError::Memory(format!("guest RAM has no host mapping: {e}")))?;
-            ids.push(self.add(Slot {
-                gpa: region.start_addr().0,
-                size: region.len(),
-                host_addr: host as u64,
-                readonly: false,
-            })?);
+            let mut off = 0;
+            while off < region.len() {
+                let size = (region.len() - off).min(MAX_SLOT_BYTES);
+                let slot = Slot {
+                    gpa: region.start_addr().0 + off,
+                    size,
+                    host_addr: host as u64 + off,
+                    readonly: false,
+                };
+                ids.push(self.add(slot).map_err(|e| match e {
+                    VmmError::Kvm { err, .. } => VmmError::Memory(format!(
+                        "KVM refused {} of guest memory at {:#x}: {err}",
+                        human_size(size),
+                        slot.gpa
+                    )),
+                    other => other,
+                })?);
+                off += size;
+            }
         }
         Ok(ids)
     }
