@@ -105,6 +105,10 @@ struct RunArgs {
     #[arg(long)]
     trace_exits: bool,
 
+    /// Print the VMM's peak RSS and the guest RAM resident at exit (benchmarks).
+    #[arg(long, hide = true)]
+    report_memory: bool,
+
     /// The KVM device (tests; default $KILN_KVM_DEVICE or /dev/kvm).
     #[arg(long, hide = true, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
@@ -178,6 +182,7 @@ pub fn execute(cli: Cli) -> Result<u8, String> {
 }
 
 fn run(args: RunArgs) -> Result<u8, String> {
+    let report_memory = args.report_memory;
     let guest = if let Some(kernel) = args.kernel {
         let mut modules = Vec::new();
         if let Some(initrd) = args.initrd {
@@ -249,7 +254,26 @@ fn run(args: RunArgs) -> Result<u8, String> {
             );
         }
     }
+    if report_memory {
+        eprintln!(
+            "kiln-memory: peak_rss_kib={} guest_resident_kib={}",
+            peak_rss_kib(),
+            outcome.guest_resident / 1024
+        );
+    }
     Ok(outcome.exit_status)
+}
+
+/// This process's peak resident set size in KiB (VmHWM in /proc/self/status).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

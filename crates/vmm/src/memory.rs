@@ -73,6 +73,40 @@ pub fn host_memory() -> Option<u64> {
     Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
 }
 
+/// Bytes of guest RAM resident in host memory (pages the guest or Kiln touched), from
+/// /proc/self/smaps. Used to report the VMM's own memory apart from the guest's.
+pub fn guest_resident_bytes(mem: &GuestMem) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return 0;
+    };
+    let starts: Vec<u64> = mem
+        .iter()
+        .filter_map(|r| mem.get_host_address(r.start_addr()).ok())
+        .map(|p| p as u64)
+        .collect();
+    let mut total = 0;
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, _)) = head.split_once('-').filter(|(a, b)| {
+            !a.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_hexdigit())
+        }) {
+            in_guest = u64::from_str_radix(start, 16).is_ok_and(|s| starts.contains(&s));
+        } else if in_guest {
+            if let Some(kb) = line.strip_prefix("Rss:") {
+                total += kb
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    * 1024;
+            }
+        }
+    }
+    total
+}
+
 /// A size as people write it (`512 MiB`, `2 GiB`).
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [

@@ -53,6 +53,8 @@ pub struct RunOutcome {
     pub dumps: Vec<String>,
     /// Port-I/O device access counts.
     pub device_counts: Vec<(&'static str, u64, AccessCounts)>,
+    /// Guest RAM resident in host memory when the VM stopped, in bytes.
+    pub guest_resident: u64,
 }
 
 /// The guest's physical address width, from KVM's CPUID leaf 0x8000_0008.
@@ -328,6 +330,7 @@ impl Vm {
             stats,
             dumps,
             device_counts: self.shared.pio.counts(),
+            guest_resident: crate::memory::guest_resident_bytes(&self.memory),
         })
     }
 }
