@@ -100,6 +100,14 @@ const GUESTS: &[Guest] = &[
         output: Output::Flat,
     },
     Guest {
+        out: "slot_probe.bin",
+        source: "slot_probe.S",
+        as_args: &["--32"],
+        emulation: "elf_i386",
+        load_addr: 0x100000,
+        output: Output::Flat,
+    },
+    Guest {
         out: "tiny.bin",
         source: "tiny.S",
         as_args: &["--32"],

@@ -80,6 +80,12 @@ pub const SERIAL_SUM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/serial_s
 /// Guest-physical load address (and entry point) of [`SERIAL_SUM`].
 pub const SERIAL_SUM_LOAD_ADDR: u64 = 0x100000;
 
+/// Probes memory slots changed while it runs (see `asm/slot_probe.S`): waits for a
+/// read-only slot at 0x2000000 holding the magic 0x4b494c4e, prints `1`, waits for the slot
+/// to go away, then exits with status 0x21 (0x23 if the read-only slot took a write).
+/// Flat 32-bit protected mode, load and entry at 0x100000.
+pub const SLOT_PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/slot_probe.bin"));
+
 /// The hash [`SERIAL_SUM`] prints for `input` (the bytes before the terminating `.`).
 pub fn serial_sum_hash(input: &[u8]) -> u32 {
     input

@@ -37,4 +37,4 @@ pub mod vm;
 pub use config::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, VmConfig};
 pub use error::VmmError;
 pub use stop::StopReason;
-pub use vm::{RunOutcome, Vm};
+pub use vm::{RunOutcome, RunningVm, Vm};

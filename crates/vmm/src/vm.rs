@@ -9,7 +9,7 @@ use crate::loader::{self, BootState};
 use crate::memory::{create_guest_memory, GuestMem, MemorySlots};
 use crate::resources::Resources;
 use crate::stop::{StopLatch, StopReason};
-use crate::vcpu::{Vcpu, VmShared};
+use crate::vcpu::{Vcpu, VcpuHandle, VcpuState, VmShared};
 use kiln_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use kiln_arch::MemoryLayout;
 use kiln_devices::bus::{lock, AccessCounts};
@@ -218,11 +218,15 @@ impl Vm {
 
     /// Run until the guest stops, a signal arrives or the user quits.
     pub fn run(self) -> Result<RunOutcome> {
+        self.start()?.wait()
+    }
+
+    /// Start the vCPU threads and return at once. SIGINT and SIGTERM are blocked on the
+    /// calling thread (and the vCPU threads) until [`RunningVm::wait`] returns, which must
+    /// be called on the same thread.
+    pub fn start(self) -> Result<RunningVm> {
         let signals = StopSignals::block()?;
         let epoll = Epoll::new().map_err(os_err("epoll_create"))?;
-        const STOP: u64 = 0;
-        const SIGNAL: u64 = 1;
-        const INPUT: u64 = 2;
         let add = |fd: i32, token: u64| {
             epoll.ctl(
                 ControlOperation::Add,
@@ -230,15 +234,15 @@ impl Vm {
                 EpollEvent::new(EventSet::IN, token),
             )
         };
-        add(self.shared.stop.event().as_raw_fd(), STOP).map_err(os_err("epoll_ctl"))?;
-        add(signals.raw_fd(), SIGNAL).map_err(os_err("epoll_ctl"))?;
+        add(self.shared.stop.event().as_raw_fd(), TOKEN_STOP).map_err(os_err("epoll_ctl"))?;
+        add(signals.raw_fd(), TOKEN_SIGNAL).map_err(os_err("epoll_ctl"))?;
         let mut input = if self.forward_stdin {
             ConsoleInput::open()
         } else {
             None
         };
         if let Some(mut console) = input.take() {
-            if add(console.raw_fd(), INPUT).is_ok() {
+            if add(console.raw_fd(), TOKEN_INPUT).is_ok() {
                 input = Some(console);
             } else {
                 // A regular file or similar cannot be polled: it is all readable now.
@@ -260,10 +264,71 @@ impl Vm {
                 }
             }
         }
+        Ok(RunningVm {
+            handles,
+            shared: self.shared,
+            serial: self.serial,
+            memory: self.memory,
+            epoll,
+            signals,
+            input,
+            _kvm: self._kvm,
+            _vm_fd: self.vm_fd,
+            _slots: self.slots,
+        })
+    }
+}
 
+const TOKEN_STOP: u64 = 0;
+const TOKEN_SIGNAL: u64 = 1;
+const TOKEN_INPUT: u64 = 2;
+
+/// A VM whose vCPU threads are running.
+pub struct RunningVm {
+    handles: Vec<VcpuHandle>,
+    shared: Arc<VmShared>,
+    serial: Arc<Mutex<SerialPort>>,
+    memory: GuestMem,
+    epoll: Epoll,
+    signals: StopSignals,
+    input: Option<ConsoleInput>,
+    // Dropped last: the VM and its slots outlive the vCPU threads.
+    _slots: Arc<Mutex<MemorySlots>>,
+    _vm_fd: Arc<VmFd>,
+    _kvm: Kvm,
+}
+
+impl RunningVm {
+    /// Park every vCPU outside `KVM_RUN`; returns when all are parked (or stopped).
+    pub fn pause(&self) {
+        for h in &self.handles {
+            h.pause();
+        }
+    }
+
+    /// Let paused vCPUs run again.
+    pub fn resume(&self) {
+        for h in &self.handles {
+            h.resume();
+        }
+    }
+
+    /// Each vCPU's state, in vCPU order.
+    pub fn vcpu_states(&self) -> Vec<VcpuState> {
+        self.handles.iter().map(|h| h.control().state()).collect()
+    }
+
+    /// Ask the VM to stop, as if the guest had stopped it for `reason`.
+    pub fn request_stop(&self, reason: StopReason) {
+        self.shared.stop.request(reason, None);
+    }
+
+    /// Wait until the guest stops, a signal arrives or the user quits; stop every vCPU
+    /// and report how the run ended.
+    pub fn wait(mut self) -> Result<RunOutcome> {
         let mut events = vec![EpollEvent::default(); 4];
         'wait: while self.shared.stop.reason().is_none() {
-            let n = match epoll.wait(-1, &mut events) {
+            let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -276,42 +341,23 @@ impl Vm {
             };
             for ev in &events[..n] {
                 match ev.data() {
-                    STOP => break 'wait,
-                    SIGNAL => {
-                        if let Some(sig) = signals.take() {
+                    TOKEN_STOP => break 'wait,
+                    TOKEN_SIGNAL => {
+                        if let Some(sig) = self.signals.take() {
                             self.shared.stop.request(StopReason::Signal(sig), None);
                         }
                     }
-                    _ => {
-                        let Some(console) = input.as_mut() else {
-                            continue;
-                        };
-                        match console.read() {
-                            InputEvent::Bytes(b) => lock(&self.serial).enqueue_input(&b),
-                            InputEvent::Quit => {
-                                self.shared.stop.request(StopReason::UserQuit, None)
-                            }
-                            InputEvent::Eof => {
-                                let _ = epoll.ctl(
-                                    ControlOperation::Delete,
-                                    console.raw_fd(),
-                                    EpollEvent::default(),
-                                );
-                                input = None;
-                            }
-                        }
-                    }
+                    _ => self.console_input(),
                 }
             }
         }
 
-        for h in &handles {
+        for h in &self.handles {
             h.request_stop();
         }
-        let reports: Vec<_> = handles.into_iter().map(|h| h.stop()).collect();
-        drop(input);
+        let reports: Vec<_> = self.handles.drain(..).map(|h| h.stop()).collect();
+        self.input = None; // restores the terminal
         lock(&self.serial).flush();
-        drop(signals);
 
         let (reason, culprit) = self.shared.stop.reason().unwrap_or((
             StopReason::Internal("stopped for no recorded reason".into()),
@@ -332,6 +378,37 @@ impl Vm {
             device_counts: self.shared.pio.counts(),
             guest_resident: crate::memory::guest_resident_bytes(&self.memory),
         })
+    }
+
+    fn console_input(&mut self) {
+        let Some(console) = self.input.as_mut() else {
+            return;
+        };
+        match console.read() {
+            InputEvent::Bytes(b) => lock(&self.serial).enqueue_input(&b),
+            InputEvent::Quit => self.shared.stop.request(StopReason::UserQuit, None),
+            InputEvent::Eof => {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    console.raw_fd(),
+                    EpollEvent::default(),
+                );
+                self.input = None;
+            }
+        }
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        // Dropped without `wait` (e.g. a panic in the embedder): do not leave vCPU
+        // threads running against a VM that is going away.
+        for h in &self.handles {
+            h.request_stop();
+        }
+        for h in self.handles.drain(..) {
+            h.stop();
+        }
     }
 }
 
