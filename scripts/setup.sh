@@ -2,8 +2,9 @@
 # Kiln's one setup script for a fresh Debian 12 (bookworm) machine, as root.
 #
 #   scripts/setup.sh run     install what Kiln needs, build it, boot the built-in demo guest
-#   scripts/setup.sh test    install what the tests need, run the whole test suite
-#   scripts/setup.sh bench   install the peers (QEMU 10 from bookworm-backports), run the benchmarks
+#   scripts/setup.sh test    install what the tests need (QEMU 10 from bookworm-backports for
+#                            the test rig), run the whole test suite
+#   scripts/setup.sh bench   install the peers (QEMU 10, strace), run the benchmarks
 #   scripts/setup.sh deps    only install build and test dependencies
 #
 # Everything the project needs is installed here; nothing may depend on what was
@@ -72,28 +73,41 @@ check_kvm() {
     [ -e /dev/kvm ] || die "/dev/kvm is missing: Kiln needs KVM (load kvm_intel or kvm_amd; enable virtualization)"
 }
 
-deps() {
+build_deps() {
     # gcc/libc6-dev: the linker rustc uses; binutils: as/ld/objcopy assemble the guests;
     # util-linux: setpriv for the permission test; coreutils: mknod.
     apt_install gcc libc6-dev binutils util-linux coreutils
     ensure_rust
 }
 
-bench_deps() {
-    deps
+# QEMU 10 from bookworm-backports (bookworm's own is 7.2).
+install_qemu10() {
     enable_backports
-    if ! qemu-system-x86_64 --version 2>/dev/null | grep -q "version 10\."; then
+    if ! qemu-system-x86_64 --version 2>/dev/null | grep -q "version 1[0-9]\."; then
         say "installing qemu-system-x86 10 from bookworm-backports"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             -t bookworm-backports qemu-system-x86
     fi
+}
+
+deps() {
+    build_deps
+    # The test rig (crates/testrig) boots a Debian kernel with kvm-amd under QEMU 10 (TCG)
+    # when this machine has no hardware virtualization. lz4: unpack the kernel's vmlinux;
+    # xz-utils: compressed modules. The kernel and busybox are fetched with apt-get download.
+    apt_install lz4 xz-utils
+    install_qemu10
+}
+
+bench_deps() {
+    deps
     apt_install strace
 }
 
 case "${1:-}" in
     deps) deps ;;
     run)
-        deps
+        build_deps
         check_kvm
         say "building kiln (release)"
         cargo build --release --locked -p kiln
@@ -112,7 +126,7 @@ case "${1:-}" in
         cargo run --release --locked -p xtask -- bench "${@:2}"
         ;;
     *)
-        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

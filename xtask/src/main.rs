@@ -1,1 +1,203 @@
-fn main() {}
+//! Kiln's developer tasks, run as `cargo xtask TASK`.
+//!
+//! `cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output markdown|json]`
+//! builds the Kiln release binary, then measures it against QEMU (`-M microvm`) on the
+//! silent tiny guest (`kiln_guests::TINY`): start-up time and VMM memory. Progress goes
+//! to stderr, the results (Markdown for BENCHMARKS.md, or JSON) to stdout. The command
+//! fails if a peer is missing or most of its runs are invalid, not when a target is
+//! missed: benchmarks are not tests. This file owns argument parsing and set-up.
+
+mod bench;
+mod peers;
+mod report;
+mod sys;
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+use bench::Runs;
+use peers::Env;
+
+const USAGE: &str = "\
+usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output markdown|json]
+
+  startup   wall time from process start to the tiny guest's exit, and to the
+            first KVM_RUN (under strace), Kiln vs qemu-system-x86_64 -M microvm
+  memory    Kiln's peak RSS minus guest pages touched, vs QEMU's peak RSS
+  all       both (the default)
+
+  --runs N     measured runs per peer (default 20)
+  --warmup N   discarded warm-up runs per peer (default 3)
+  --output F   markdown (default) or json, on stdout; progress goes to stderr
+
+Needs /dev/kvm, qemu-system-x86_64 (10.x) and strace: `bash scripts/setup.sh bench`
+installs them and runs this.";
+
+/// Which benchmarks to run and how.
+struct BenchArgs {
+    startup: bool,
+    memory: bool,
+    runs: Runs,
+    json: bool,
+}
+
+fn parse_bench(args: &[String]) -> Result<BenchArgs> {
+    let mut out = BenchArgs {
+        startup: true,
+        memory: true,
+        runs: Runs {
+            measured: 20,
+            warmup: 3,
+        },
+        json: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<&String> {
+            it.next().with_context(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "startup" => (out.startup, out.memory) = (true, false),
+            "memory" => (out.startup, out.memory) = (false, true),
+            "all" => (out.startup, out.memory) = (true, true),
+            "--runs" => {
+                out.runs.measured = value("--runs")?.parse().context("--runs takes a number")?;
+                if out.runs.measured == 0 {
+                    bail!("--runs must be at least 1");
+                }
+            }
+            "--warmup" => {
+                out.runs.warmup = value("--warmup")?
+                    .parse()
+                    .context("--warmup takes a number")?
+            }
+            "--output" => match value("--output")?.as_str() {
+                "json" => out.json = true,
+                "markdown" | "text" => out.json = false,
+                other => bail!("unknown output format '{other}' (markdown or json)"),
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument '{other}'\n\n{USAGE}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+/// Build Kiln in release mode and return the binary's path.
+fn build_kiln(root: &Path) -> Result<PathBuf> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("[xtask] cargo build --release -p kiln");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "kiln"])
+        .current_dir(root)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo build --release -p kiln failed ({status})");
+    }
+    let kiln = root.join("target/release/kiln");
+    if !kiln.is_file() {
+        bail!("{} is missing after the build", kiln.display());
+    }
+    Ok(kiln)
+}
+
+/// Fail early, with the fix, if a peer or strace is missing.
+fn preflight(need_strace: bool) -> Result<()> {
+    if fs::metadata("/dev/kvm").is_err() {
+        bail!("/dev/kvm is missing");
+    }
+    let mut tools = vec!["qemu-system-x86_64"];
+    if need_strace {
+        tools.push("strace");
+    }
+    for tool in tools {
+        let found = Command::new(tool)
+            .arg(if tool == "strace" { "-V" } else { "--version" })
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            bail!("{tool} is not installed: run `bash scripts/setup.sh bench` (as root)");
+        }
+    }
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let opts = parse_bench(args)?;
+    preflight(opts.startup)?;
+    let root = workspace_root();
+    let kiln = build_kiln(&root)?;
+
+    let dir = env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tiny = dir.join("tiny.bin");
+    fs::write(&tiny, kiln_guests::TINY).context("writing the tiny guest")?;
+    let env = Env {
+        kiln,
+        tiny,
+        dir: dir.clone(),
+    };
+
+    let machine = report::Machine::detect(&root);
+    let tiny_name = Path::new("tiny.bin");
+    let result = (|| -> Result<Vec<report::Section>> {
+        let mut sections = Vec::new();
+        if opts.startup {
+            sections.push(bench::startup(&env, opts.runs, tiny_name)?);
+        }
+        if opts.memory {
+            sections.push(bench::memory(&env, opts.runs, tiny_name)?);
+        }
+        Ok(sections)
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    let mut sections = result?;
+    if let Some(last) = sections.last_mut() {
+        last.notes.push(format!(
+            "load average at the end: {}",
+            report::load_average()
+        ));
+    }
+    if opts.json {
+        print!("{}", report::json(&machine, &sections));
+    } else {
+        print!("{}", report::markdown(&machine, &sections));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("bench") => bench(&args[1..]),
+        Some("-h" | "--help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown task '{other}'\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

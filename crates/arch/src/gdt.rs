@@ -42,7 +42,12 @@ pub const GDT_LIMIT: u16 = (GDT.len() * 8 - 1) as u16;
 
 /// The KVM segment register a selector of [`GDT`] loads.
 pub fn segment(selector: u16) -> kvm_segment {
-    let d = GDT[(selector >> 3) as usize];
+    segment_from(&GDT, selector)
+}
+
+/// The KVM segment register a selector of `table` loads.
+pub fn segment_from(table: &[u64], selector: u16) -> kvm_segment {
+    let d = table[(selector >> 3) as usize];
     let limit_raw = ((d & 0xFFFF) | ((d >> 32) & 0xF_0000)) as u32;
     let base = ((d >> 16) & 0xFF_FFFF) | ((d >> 32) & 0xFF00_0000);
     let access = (d >> 40) as u8;

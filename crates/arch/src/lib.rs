@@ -6,10 +6,13 @@
 //! ([`bootinfo`]) and the multiboot v1 loader format ([`multiboot`]). It writes into guest
 //! memory only through `vm-memory`; creating the VM and vCPUs is the `kiln-vmm` crate's job.
 
+pub mod acpi;
 pub mod bootinfo;
 pub mod entry;
 pub mod gdt;
 pub mod layout;
+pub mod linux;
+pub mod mptable;
 pub mod multiboot;
 pub mod paging;
 

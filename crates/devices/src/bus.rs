@@ -15,6 +15,8 @@ pub enum DeviceAction {
     Reset,
     /// The guest asked to power off.
     Poweroff,
+    /// The guest reported a kernel panic.
+    Panic,
 }
 
 /// A device on a bus. `offset` is relative to the start of the device's range.

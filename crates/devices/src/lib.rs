@@ -5,9 +5,13 @@
 //! see KVM: the VMM's run loop turns an exit into a bus access, and a device that wants
 //! the VM to stop says so through the [`bus::DeviceAction`] it returns.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod cmos;
 pub mod debug_exit;
+pub mod i8042;
 pub mod post_code;
+pub mod pvpanic;
 pub mod serial;
 
 pub use bus::{Bus, BusDevice, DeviceAction};

@@ -34,6 +34,7 @@ const RUN_LONG_HELP: &str = "\
 Guests:
   kiln run                                   the built-in demo guest
   kiln run --load code.bin@0xf0000 --load table.bin@0x100000 --mode real --dump-regs
+  kiln run --kernel bzImage --initrd initrd.img --cmdline 'console=ttyS0' -m 512M --cpus 2
   kiln run --kernel mbkernel.elf --cmdline 'debug' --module initrd.img,'init args'
 
 Raw guests start with CS:IP = (entry >> 4):(entry & 0xf) in real mode, or with Kiln's flat
@@ -77,7 +78,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Mode::Real, requires = "load")]
     mode: Mode,
 
-    /// A kernel to boot (multiboot v1: ELF32 or a.out kludge).
+    /// A kernel to boot: Linux bzImage, ELF vmlinux with a PVH note, or multiboot v1.
     #[arg(long, value_name = "FILE", conflicts_with = "load")]
     kernel: Option<PathBuf>,
 
@@ -85,7 +86,7 @@ struct RunArgs {
     #[arg(long, value_name = "STRING", default_value = "", requires = "kernel")]
     cmdline: String,
 
-    /// An initial ramdisk (for multiboot kernels: the first module).
+    /// An initial ramdisk (for multiboot kernels, the first module).
     #[arg(long, value_name = "FILE", requires = "kernel")]
     initrd: Option<PathBuf>,
 
@@ -96,6 +97,14 @@ struct RunArgs {
     /// Guest RAM: 512M, 2G, or a plain number of MiB.
     #[arg(short = 'm', long, value_name = "SIZE", default_value = "128M", value_parser = parse_memory)]
     memory: u64,
+
+    /// Number of vCPUs (Linux guests; raw and multiboot guests have one).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    cpus: u8,
+
+    /// Boot Linux without ACPI tables (the classic -no-acpi).
+    #[arg(long)]
+    no_acpi: bool,
 
     /// Print the vCPU registers when the guest stops (always after a triple fault).
     #[arg(long)]
@@ -184,18 +193,11 @@ pub fn execute(cli: Cli) -> Result<u8, String> {
 fn run(args: RunArgs) -> Result<u8, String> {
     let report_memory = args.report_memory;
     let guest = if let Some(kernel) = args.kernel {
-        let mut modules = Vec::new();
-        if let Some(initrd) = args.initrd {
-            modules.push(ModuleSpec {
-                path: initrd,
-                args: None,
-            });
-        }
-        modules.extend(args.module);
-        GuestConfig::Multiboot {
+        GuestConfig::Kernel {
             kernel,
             cmdline: args.cmdline,
-            modules,
+            initrd: args.initrd,
+            modules: args.module,
         }
     } else if !args.load.is_empty() {
         GuestConfig::Raw {
@@ -229,6 +231,8 @@ fn run(args: RunArgs) -> Result<u8, String> {
     };
     let mut config = VmConfig::new(guest);
     config.memory = args.memory;
+    config.vcpus = args.cpus;
+    config.acpi = !args.no_acpi;
     config.kvm_path = args.kvm_device;
     config.dump_regs = args.dump_regs;
     config.trace_exits = args.trace_exits;

@@ -75,9 +75,9 @@ fn kernel_that_is_no_kernel() {
         .collect();
     let f = s.file("junk", &junk);
     run(&["run", "--kernel", &f])
-        .expect_error("not a kernel Kiln recognises (no multiboot header in the first 8 KiB)");
+        .expect_error("not a kernel Kiln recognises (no bzImage header, no multiboot header");
     let empty = s.file("empty", b"");
-    run(&["run", "--kernel", &empty]).expect_error("no multiboot header");
+    run(&["run", "--kernel", &empty]).expect_error("not a kernel Kiln recognises");
 }
 
 #[test]

@@ -58,13 +58,16 @@ pub enum GuestConfig {
         /// Entry mode.
         mode: CpuMode,
     },
-    /// A multiboot v1 kernel.
-    Multiboot {
+    /// A kernel: a Linux bzImage, an ELF vmlinux with a PVH note, or a multiboot kernel
+    /// (recognised from its contents).
+    Kernel {
         /// The kernel file.
         kernel: PathBuf,
         /// The command line handed to the kernel.
         cmdline: String,
-        /// Modules, in order.
+        /// An initial ramdisk (for multiboot kernels: the first module).
+        initrd: Option<PathBuf>,
+        /// Multiboot modules, in order (after the initrd).
         modules: Vec<ModuleSpec>,
     },
 }
@@ -86,6 +89,8 @@ pub struct VmConfig {
     pub trace_exits: bool,
     /// Forward standard input to the serial port.
     pub forward_stdin: bool,
+    /// Give Linux guests ACPI tables.
+    pub acpi: bool,
 }
 
 impl VmConfig {
@@ -99,6 +104,7 @@ impl VmConfig {
             dump_regs: false,
             trace_exits: false,
             forward_stdin: true,
+            acpi: true,
         }
     }
 }

@@ -2,8 +2,9 @@
 //! their modules, plus the tables Kiln provides (GDT, boot info, page tables, multiboot
 //! info). Returns the [`BootState`] the boot vCPU starts from.
 
-use crate::config::{LoadSource, LoadSpec, ModuleSpec};
+use crate::config::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, VmConfig};
 use crate::error::{Result, VmmError};
+use crate::linux::{self, KernelFormat, LinuxBoot};
 use crate::memory::GuestMem;
 use kiln_arch::layout::{BOOT_AREA, BOOT_INFO_ADDR, GDT_ADDR, MULTIBOOT_INFO_AREA};
 use kiln_arch::multiboot::{self, PlacedModule};
@@ -12,17 +13,34 @@ use std::ops::Range;
 use std::path::Path;
 use vm_memory::{Bytes, GuestAddress};
 
+/// Which boot protocol the entry state follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A raw binary (Kiln's GDT, boot info in RBX).
+    Raw,
+    /// A multiboot kernel (EAX magic, EBX info).
+    Multiboot,
+    /// Linux's 64-bit boot protocol (Linux GDT, RSI = zero page).
+    Linux64,
+    /// PVH (32-bit, EBX = start info).
+    Pvh,
+}
+
 /// How the boot vCPU starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootState {
     /// CPU mode at entry.
     pub mode: CpuMode,
+    /// The boot protocol.
+    pub kind: EntryKind,
     /// Entry address (physical; real mode splits it into CS:IP).
     pub entry: u64,
     /// RAX at entry.
     pub rax: u64,
     /// RBX at entry.
     pub rbx: u64,
+    /// RSI at entry.
+    pub rsi: u64,
     /// CR3 at entry (long mode only).
     pub cr3: u64,
 }
@@ -146,9 +164,11 @@ pub fn load_raw(
     };
     Ok(BootState {
         mode,
+        kind: EntryKind::Raw,
         entry,
         rax: 0,
         rbx: BOOT_INFO_ADDR,
+        rsi: 0,
         cr3,
     })
 }
@@ -226,9 +246,62 @@ pub fn load_multiboot(
     write(mem, &gdt::gdt_bytes(), GDT_ADDR)?;
     Ok(BootState {
         mode: CpuMode::Protected,
+        kind: EntryKind::Multiboot,
         entry: kernel.entry as u64,
         rax: multiboot::BOOTLOADER_MAGIC as u64,
         rbx: MULTIBOOT_INFO_AREA.start,
+        rsi: 0,
         cr3: 0,
     })
+}
+
+/// Load whatever guest `config` describes.
+pub fn load_guest(mem: &GuestMem, layout: &MemoryLayout, config: &VmConfig) -> Result<BootState> {
+    match &config.guest {
+        GuestConfig::Raw { loads, entry, mode } => {
+            load_raw(mem, layout, loads, *entry, *mode, config.vcpus.into())
+        }
+        GuestConfig::Kernel {
+            kernel,
+            cmdline,
+            initrd,
+            modules,
+        } => {
+            let image = read_file(kernel)?;
+            let format = linux::detect(&image).ok_or_else(|| VmmError::Kernel {
+                path: kernel.display().to_string(),
+                reason: "not a kernel Kiln recognises (no bzImage header, no multiboot header in the first 8 KiB, not an ELF64 vmlinux)".into(),
+            })?;
+            if format == KernelFormat::Multiboot {
+                let mut all = Vec::new();
+                if let Some(i) = initrd {
+                    all.push(ModuleSpec {
+                        path: i.clone(),
+                        args: None,
+                    });
+                }
+                all.extend(modules.iter().cloned());
+                return load_multiboot(mem, layout, kernel, &image, cmdline, &all);
+            }
+            if let Some(m) = modules.first() {
+                return Err(VmmError::Config(format!(
+                    "--module {} is for multiboot kernels; {} is a Linux kernel (use --initrd)",
+                    m.path.display(),
+                    kernel.display()
+                )));
+            }
+            let b = LinuxBoot {
+                kernel_path: kernel,
+                image: &image,
+                cmdline,
+                initrd: initrd.as_ref(),
+                acpi: config.acpi,
+                vcpus: config.vcpus,
+            };
+            match format {
+                KernelFormat::BzImage => linux::load_bzimage(mem, layout, &b),
+                _ => linux::load_pvh(mem, layout, &b),
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use crate::error::{kvm_err, Result};
 use crate::exits::{Access, ExitStats};
-use crate::loader::BootState;
+use crate::loader::{BootState, EntryKind};
 use crate::regs::format_dump;
 use crate::stop::{StopLatch, StopReason};
 use kiln_devices::{Bus, DeviceAction};
@@ -110,6 +110,8 @@ pub struct VmShared {
     pub hlt_stops: bool,
     /// Every vCPU dumps its registers when it stops.
     pub dump_regs: bool,
+    /// A triple fault is the guest's way to reset (Linux's `reboot=t`), not an error.
+    pub triple_fault_resets: bool,
 }
 
 /// What a vCPU thread hands back when it ends.
@@ -156,13 +158,28 @@ pub struct Vcpu {
     fd: VcpuFd,
 }
 
-/// Set one vCPU's CPUID: KVM's supported leaves with this vCPU's APIC ID.
-pub fn vcpu_cpuid(supported: &CpuId, id: usize) -> CpuId {
+/// Set one vCPU's CPUID: KVM's supported leaves, with this vCPU's APIC ID, the vCPU
+/// count as logical processors of one package, and the hypervisor bit.
+pub fn vcpu_cpuid(supported: &CpuId, id: usize, count: usize) -> CpuId {
     let mut cpuid = supported.clone();
+    let shift = count.next_power_of_two().trailing_zeros();
     for e in cpuid.as_mut_slice() {
-        match e.function {
-            1 => e.ebx = (e.ebx & 0x00FF_FFFF) | ((id as u32) << 24),
-            0xB | 0x1F => e.edx = id as u32,
+        match (e.function, e.index) {
+            (1, _) => {
+                e.ebx =
+                    (e.ebx & 0x0000_FFFF) | ((id as u32) << 24) | ((count.min(255) as u32) << 16);
+                e.edx |= 1 << 28; // HTT: the logical processor count is valid
+                e.ecx |= 1 << 31; // running under a hypervisor
+            }
+            (0xB | 0x1F, 0) => {
+                // SMT level: one thread per core.
+                (e.eax, e.ebx, e.ecx, e.edx) = (0, 1, 1 << 8, id as u32);
+            }
+            (0xB | 0x1F, 1) => {
+                // Core level: every vCPU is a core of one package.
+                (e.eax, e.ebx, e.ecx, e.edx) = (shift, count as u32, 1 | (2 << 8), id as u32);
+            }
+            (0xB | 0x1F, _) => (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, e.index, id as u32),
             _ => {}
         }
     }
@@ -170,17 +187,76 @@ pub fn vcpu_cpuid(supported: &CpuId, id: usize) -> CpuId {
 }
 
 impl Vcpu {
-    /// Wrap a created vCPU and give it its CPUID.
-    pub fn new(id: usize, fd: VcpuFd, supported: &CpuId) -> Result<Self> {
-        fd.set_cpuid2(&vcpu_cpuid(supported, id))
+    /// Wrap a created vCPU and give it its CPUID (`count` vCPUs in the VM).
+    pub fn new(id: usize, fd: VcpuFd, supported: &CpuId, count: usize) -> Result<Self> {
+        fd.set_cpuid2(&vcpu_cpuid(supported, id, count))
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
         Ok(Vcpu { id, fd })
+    }
+
+    /// Prepare a vCPU for an operating-system kernel: the MSRs Linux expects from
+    /// firmware, an initialized FPU, and (with an in-kernel irqchip) LINT0 as ExtINT and
+    /// LINT1 as NMI. MSRs KVM refuses are skipped: a kernel copes with their defaults.
+    pub fn setup_platform(&self, irqchip: bool) -> Result<()> {
+        use kvm_bindings::{kvm_fpu, kvm_msr_entry, Msrs};
+        let msrs: [(u32, u64); 11] = [
+            (0x174, 0),             // IA32_SYSENTER_CS
+            (0x175, 0),             // IA32_SYSENTER_ESP
+            (0x176, 0),             // IA32_SYSENTER_EIP
+            (0xC000_0081, 0),       // STAR
+            (0xC000_0082, 0),       // LSTAR
+            (0xC000_0083, 0),       // CSTAR
+            (0xC000_0084, 0),       // SYSCALL_MASK
+            (0xC000_0102, 0),       // KERNEL_GS_BASE
+            (0x10, 0),              // IA32_TSC
+            (0x1A0, 1),             // IA32_MISC_ENABLE: fast strings
+            (0x2FF, (1 << 11) | 6), // MTRR default type: enabled, write-back
+        ];
+        for (index, data) in msrs {
+            let entry = kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            };
+            if let Ok(list) = Msrs::from_entries(&[entry]) {
+                let _ = self.fd.set_msrs(&list);
+            }
+        }
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        self.fd.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
+        if irqchip {
+            let mut lapic = self.fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+            let set_lvt = |regs: &mut [libc::c_char; 1024], off: usize, mode: u32| {
+                let mut v = [0u8; 4];
+                for (i, b) in v.iter_mut().enumerate() {
+                    *b = regs[off + i] as u8;
+                }
+                let value = (u32::from_le_bytes(v) & !0x700) | (mode << 8);
+                for (i, b) in value.to_le_bytes().iter().enumerate() {
+                    regs[off + i] = *b as libc::c_char;
+                }
+            };
+            set_lvt(&mut lapic.regs, 0x350, 7); // LINT0: ExtINT
+            set_lvt(&mut lapic.regs, 0x360, 4); // LINT1: NMI
+            self.fd
+                .set_lapic(&lapic)
+                .map_err(kvm_err("KVM_SET_LAPIC"))?;
+        }
+        Ok(())
     }
 
     /// Put the vCPU in the entry state `boot` describes.
     pub fn set_boot_state(&self, boot: &BootState) -> Result<()> {
         let mut sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        kiln_arch::entry::set_entry_sregs(&mut sregs, boot.mode, boot.entry, boot.cr3);
+        if boot.kind == EntryKind::Linux64 {
+            kiln_arch::linux::set_linux64_sregs(&mut sregs, boot.cr3);
+        } else {
+            kiln_arch::entry::set_entry_sregs(&mut sregs, boot.mode, boot.entry, boot.cr3);
+        }
         self.fd
             .set_sregs(&sregs)
             .map_err(kvm_err("KVM_SET_SREGS"))?;
@@ -188,6 +264,10 @@ impl Vcpu {
             .map_err(|e| crate::error::VmmError::Config(e.to_string()))?;
         regs.rax = boot.rax;
         regs.rbx = boot.rbx;
+        regs.rsi = boot.rsi;
+        if boot.kind != EntryKind::Raw {
+            regs.rsp = 0;
+        }
         self.fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
     }
 
@@ -284,6 +364,7 @@ fn action_flow(action: DeviceAction) -> Flow {
         DeviceAction::Exit(code) => Flow::Stop(StopReason::DebugExit(code), false),
         DeviceAction::Reset => Flow::Stop(StopReason::Reset, false),
         DeviceAction::Poweroff => Flow::Stop(StopReason::Poweroff, false),
+        DeviceAction::Panic => Flow::Stop(StopReason::Panic, false),
     }
 }
 
@@ -350,7 +431,11 @@ fn handle_exit(shared: &VmShared, exit: VcpuExit<'_>, stats: &mut ExitStats) -> 
         }
         VcpuExit::Shutdown => {
             stats.count("shutdown");
-            Flow::Stop(StopReason::TripleFault, true)
+            if shared.triple_fault_resets {
+                Flow::Stop(StopReason::Reset, false)
+            } else {
+                Flow::Stop(StopReason::TripleFault, true)
+            }
         }
         VcpuExit::SystemEvent(kind, _) => {
             stats.count("system_event");

@@ -1,21 +1,20 @@
 //! The VM: built from a [`VmConfig`], run until the guest or the user stops it.
 
-use crate::config::{GuestConfig, VmConfig};
+use crate::config::VmConfig;
 use crate::console::{ConsoleInput, InputEvent, StopSignals};
 use crate::error::{kvm_err, os_err, Result, VmmError};
 use crate::exits::ExitStats;
 use crate::kvm;
-use crate::loader::{self, BootState};
+use crate::loader::{self, BootState, EntryKind};
 use crate::memory::{create_guest_memory, GuestMem, MemorySlots};
+use crate::platform::{self, Platform, PlatformSpec};
 use crate::resources::Resources;
 use crate::stop::{StopLatch, StopReason};
 use crate::vcpu::{Vcpu, VcpuHandle, VcpuState, VmShared};
 use kiln_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use kiln_arch::MemoryLayout;
 use kiln_devices::bus::{lock, AccessCounts};
-use kiln_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
-use kiln_devices::post_code::{PostCode, POST_CODE_PORT};
-use kiln_devices::serial::{SerialIrq, SerialPort, COM1_PORT, UART_PORTS};
+use kiln_devices::serial::SerialPort;
 use kiln_devices::Bus;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -74,11 +73,6 @@ impl Vm {
 
     /// Build a VM whose serial console writes to `out`.
     pub fn build_with_console(config: &VmConfig, out: Box<dyn Write + Send>) -> Result<Vm> {
-        if config.vcpus != 1 {
-            return Err(VmmError::Config(
-                "raw and multiboot guests run on exactly one vCPU".into(),
-            ));
-        }
         let path = kvm::kvm_path(config.kvm_path.as_deref());
         let kvm = kvm::open(&path)?;
         let layout = MemoryLayout::new(config.memory);
@@ -86,24 +80,16 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let memory = create_guest_memory(&layout, phys_bits(&supported))?;
-
-        let (boot, irqchip) = match &config.guest {
-            GuestConfig::Raw { loads, entry, mode } => (
-                loader::load_raw(&memory, &layout, loads, *entry, *mode, config.vcpus.into())?,
-                false,
-            ),
-            GuestConfig::Multiboot {
-                kernel,
-                cmdline,
-                modules,
-            } => {
-                let image = loader::read_file(kernel)?;
-                (
-                    loader::load_multiboot(&memory, &layout, kernel, &image, cmdline, modules)?,
-                    true,
-                )
-            }
-        };
+        let boot = loader::load_guest(&memory, &layout, config)?;
+        let linux = matches!(boot.kind, EntryKind::Linux64 | EntryKind::Pvh);
+        let irqchip = boot.kind != EntryKind::Raw;
+        if config.vcpus == 0 || (!linux && config.vcpus != 1) {
+            return Err(VmmError::Config(if config.vcpus == 0 {
+                "a VM needs at least one vCPU".into()
+            } else {
+                "raw and multiboot guests run on exactly one vCPU".into()
+            }));
+        }
 
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm_fd
@@ -128,28 +114,12 @@ impl Vm {
         slots.add_guest_ram(&memory)?;
 
         let mut resources = Resources::new(&layout)?;
-        let serial = Arc::new(Mutex::new(SerialPort::new(SerialIrq(None), out)));
-        let mut pio = Bus::new();
-        let bus_err = |e: kiln_devices::bus::BusError| VmmError::Config(e.to_string());
-        resources.reserve_ports("COM1", COM1_PORT, UART_PORTS)?;
-        pio.insert("serial", COM1_PORT, UART_PORTS, serial.clone())
-            .map_err(bus_err)?;
-        resources.reserve_ports("debug-exit", DEBUG_EXIT_PORT, 1)?;
-        pio.insert(
-            "debug-exit",
-            DEBUG_EXIT_PORT,
-            1,
-            Arc::new(Mutex::new(DebugExit)),
-        )
-        .map_err(bus_err)?;
-        resources.reserve_ports("POST code", POST_CODE_PORT, 1)?;
-        pio.insert(
-            "post-code",
-            POST_CODE_PORT,
-            1,
-            Arc::new(Mutex::new(PostCode::default())),
-        )
-        .map_err(bus_err)?;
+        let spec = PlatformSpec {
+            irqchip,
+            kernel_devices: irqchip,
+            acpi: linux && config.acpi,
+        };
+        let Platform { pio, serial } = platform::build(&spec, &vm_fd, &mut resources, out)?;
 
         let shared = Arc::new(VmShared {
             pio,
@@ -157,6 +127,7 @@ impl Vm {
             stop: StopLatch::new().map_err(os_err("eventfd"))?,
             hlt_stops: !irqchip,
             dump_regs: config.dump_regs,
+            triple_fault_resets: linux,
         });
 
         let mut vcpus = Vec::new();
@@ -164,7 +135,10 @@ impl Vm {
             let fd = vm_fd
                 .create_vcpu(id as u64)
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let vcpu = Vcpu::new(id, fd, &supported)?;
+            let vcpu = Vcpu::new(id, fd, &supported, config.vcpus as usize)?;
+            if irqchip {
+                vcpu.setup_platform(irqchip)?;
+            }
             if id == 0 {
                 vcpu.set_boot_state(&boot)?;
             }

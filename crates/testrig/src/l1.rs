@@ -1,0 +1,480 @@
+//! The rig's L1: an initramfs holding busybox, the KVM modules, the kiln binary with
+//! its shared libraries and every run's files; an `/init` that loads kvm-amd and runs
+//! the batch; QEMU (TCG, AMD-V with nested paging) to boot it; and the parser that turns
+//! L1's serial console back into [`RunResult`]s.
+//!
+//! Console protocol (one line each, `<i>` is the run's index): `KILN-RIG-KVM-READY`
+//! (or `KILN-RIG-NO-KVM` then a dmesg tail), then per run `KILN-RIG-BEGIN <i>`,
+//! `KILN-RIG-STATUS <i> <status> <timed-out 0|1> <uptime before> <uptime after>`,
+//! `KILN-RIG-STDOUT <i> <bytes>` + base64 lines + `KILN-RIG-STDOUT-END <i>`, the same for
+//! STDERR, `KILN-RIG-KMSG <i> <line>` for kernel messages, `KILN-RIG-END <i>`; finally
+//! `KILN-RIG-DONE`. Base64 and byte counts let binary output survive the serial line.
+
+use crate::artifacts::Artifacts;
+use crate::initramfs::{add_busybox, Initramfs, Source};
+use crate::rig::{Batch, BatchResult, RunResult};
+use crate::{artifacts_dir, err, tail, Context, Error, Result};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One L1 at a time: each wants both of this machine's cores.
+static ONE_L1: Mutex<()> = Mutex::new(());
+
+/// Lines of L1's console quoted in errors.
+const TAIL_LINES: usize = 60;
+
+/// Boot L1 with `qemu`, run the batch in it, and collect the results.
+pub(crate) fn execute(batch: &Batch, qemu: &Path) -> Result<BatchResult> {
+    let _one = ONE_L1.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let arts = Artifacts::get()?;
+    let (mut tree, args) = build_tree(batch, &arts)?;
+    tree.file("/init", 0o755, init_script(batch, &args));
+    let initrd = artifacts_dir().join(format!("rig-l1-{}.cpio", std::process::id()));
+    tree.write_file(&initrd)?;
+    let booted = boot(qemu, &arts, &initrd, started + batch.deadline());
+    let _ = std::fs::remove_file(&initrd);
+    let (console, boot_seconds, problem) = booted?;
+    let log = artifacts_dir().join("rig-last-console.log");
+    let _ = std::fs::write(&log, &console);
+    let fail = |what: String| {
+        err!(
+            "rig: {what}\n--- last {TAIL_LINES} lines of L1's console (all of it: {}) ---\n{}",
+            log.display(),
+            tail(&console, TAIL_LINES)
+        )
+    };
+    if let Some(p) = problem {
+        return Err(fail(p));
+    }
+    if console.contains("KILN-RIG-NO-KVM") {
+        return Err(fail(
+            "L1 has no /dev/kvm after loading irqbypass, kvm and kvm-amd".into(),
+        ));
+    }
+    let runs = parse_console(&console, batch).map_err(|e| fail(e.0))?;
+    Ok(BatchResult {
+        runs,
+        l1_console: Some(console),
+        boot_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// L1's file tree (without /init) and each run's arguments as L1 sees them.
+fn build_tree(batch: &Batch, arts: &Artifacts) -> Result<(Initramfs, Vec<Vec<String>>)> {
+    let mut tree = Initramfs::with_console();
+    add_busybox(&mut tree, &arts.busybox)?;
+    for d in ["/proc", "/sys", "/tmp", "/var/tmp", "/rig/out"] {
+        tree.dir(d, 0o755);
+    }
+    for m in &arts.modules {
+        let name = m.file_name().unwrap_or_default().to_string_lossy();
+        tree.file(&format!("/rig/modules/{name}"), 0o644, m.as_path());
+    }
+    tree.file("/rig/bin/kiln", 0o755, batch.kiln.as_path());
+    for lib in shared_libraries(&batch.kiln)? {
+        let at = lib.to_string_lossy().into_owned();
+        tree.file(&at, 0o755, lib.as_path());
+    }
+    // Host files are copied once however many runs use them.
+    let mut host_files: HashMap<std::path::PathBuf, String> = HashMap::new();
+    let mut all_args = Vec::new();
+    for (i, spec) in batch.runs.iter().enumerate() {
+        let mut paths = Vec::new();
+        for (name, source) in &spec.files {
+            let at = match source {
+                Source::Bytes(b) => {
+                    let at = format!("/rig/runs/{i}/{name}");
+                    tree.file(&at, 0o644, b.clone());
+                    at
+                }
+                Source::Path(p) => {
+                    let real = p
+                        .canonicalize()
+                        .ctx(|| format!("run {}: file {}", spec.name, p.display()))?;
+                    let n = host_files.len();
+                    host_files
+                        .entry(real.clone())
+                        .or_insert_with(|| {
+                            let base = real.file_name().unwrap_or_default().to_string_lossy();
+                            let at = format!("/rig/files/{n}/{base}");
+                            tree.file(&at, 0o644, real.as_path());
+                            at
+                        })
+                        .clone()
+                }
+            };
+            paths.push(at);
+        }
+        if let Some(input) = &spec.stdin {
+            tree.file(&format!("/rig/stdin/{i}"), 0o644, input.clone());
+        }
+        all_args.push(spec.resolve_args(|k| paths[k].clone())?);
+    }
+    Ok((tree, all_args))
+}
+
+/// The libraries `ldd` lists for `binary`, dynamic loader included (none if static).
+fn shared_libraries(binary: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .ctx(|| format!("running ldd {}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Ok(Vec::new()); // "not a dynamic executable"
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.contains("not found") {
+            return Err(err!("ldd {}: {line}", binary.display()));
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.trim(),
+            None => line,
+        };
+        let path = path.split(" (").next().unwrap_or("").trim();
+        if path.starts_with('/') {
+            libs.push(path.into());
+        }
+    }
+    Ok(libs)
+}
+
+/// Quote `s` for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// L1's /init: load KVM, run each spec with a watchdog, report on the console, power off.
+fn init_script(batch: &Batch, args: &[Vec<String>]) -> String {
+    let mut s = String::from(
+        r#"#!/bin/sh
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+read up _ < /proc/uptime
+echo "KILN-RIG-INIT $up"
+for m in irqbypass kvm kvm-amd; do
+    insmod /rig/modules/$m.ko || echo "KILN-RIG-INSMOD-FAILED $m"
+done
+if [ ! -c /dev/kvm ]; then
+    echo KILN-RIG-NO-KVM
+    dmesg | tail -n 40
+    poweroff -f
+fi
+dmesg -c | grep -i -e kvm -e svm -e 'nested paging' | sed 's/^/KILN-RIG-DMESG /'
+echo 1 > /proc/sys/kernel/printk
+read up _ < /proc/uptime
+echo "KILN-RIG-KVM-READY $up"
+dump() {
+    n=$(wc -c < "$3")
+    echo "KILN-RIG-$2 $1 $n"
+    base64 "$3"
+    echo "KILN-RIG-$2-END $1"
+}
+"#,
+    );
+    for (i, (spec, argv)) in batch.runs.iter().zip(args).enumerate() {
+        let argv: Vec<String> = argv.iter().map(|a| quote(a)).collect();
+        let stdin = match spec.stdin {
+            Some(_) => format!("/rig/stdin/{i}"),
+            None => "/dev/null".into(),
+        };
+        s.push_str(&format!(
+            r#"
+echo "KILN-RIG-BEGIN {i}"
+rm -f /rig/out/timedout
+read t0 _ < /proc/uptime
+/rig/bin/kiln {argv} < {stdin} > /rig/out/{i}.out 2> /rig/out/{i}.err &
+pid=$!
+( sleep {timeout}; kill -0 $pid 2>/dev/null && {{ : > /rig/out/timedout; kill -9 $pid; }} ) &
+dog=$!
+wait $pid
+st=$?
+read t1 _ < /proc/uptime
+kill $dog 2>/dev/null
+to=0; [ -e /rig/out/timedout ] && to=1
+echo "KILN-RIG-STATUS {i} $st $to $t0 $t1"
+dump {i} STDOUT /rig/out/{i}.out
+dump {i} STDERR /rig/out/{i}.err
+dmesg -c | sed 's/^/KILN-RIG-KMSG {i} /'
+echo "KILN-RIG-END {i}"
+"#,
+            argv = argv.join(" "),
+            timeout = spec.timeout_secs,
+        ));
+    }
+    s.push_str("\necho KILN-RIG-DONE\npoweroff -f\n");
+    s
+}
+
+/// Boot L1 and collect its console until QEMU exits or `deadline` passes: (console,
+/// host seconds from start to the first run, a problem if L1 did not finish cleanly).
+fn boot(
+    qemu: &Path,
+    arts: &Artifacts,
+    initrd: &Path,
+    deadline: Instant,
+) -> Result<(String, Option<f64>, Option<String>)> {
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "EPYC,+svm,+npt",
+        "-m",
+        "3072",
+    ])
+    .args([
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-kernel")
+    .arg(&arts.bzimage)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", "console=ttyS0 panic=1 quiet"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().ctx(|| format!("starting {}", qemu.display()))?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    std::thread::spawn(move || loop {
+        let mut line = Vec::new();
+        match stdout.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let errs = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let mut console = String::new();
+    let mut boot_seconds = None;
+    let mut problem = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok(line) => {
+                let line = String::from_utf8_lossy(&line).replace('\r', "");
+                if boot_seconds.is_none() && line.starts_with("KILN-RIG-BEGIN ") {
+                    boot_seconds = Some(started.elapsed().as_secs_f64());
+                }
+                console.push_str(&line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                problem = Some(format!(
+                    "batch timed out after {:.0} s; killed QEMU",
+                    started.elapsed().as_secs_f64()
+                ));
+                break;
+            }
+        }
+    }
+    let status = child.wait().ctx(|| "waiting for QEMU".to_string())?;
+    let qemu_stderr = errs.join().unwrap_or_default();
+    if problem.is_none() && !console.contains("KILN-RIG-DONE") {
+        problem = Some(format!(
+            "L1 stopped before finishing the batch (QEMU {status}; QEMU stderr: {})",
+            qemu_stderr.trim()
+        ));
+    }
+    Ok((console, boot_seconds, problem))
+}
+
+/// Turn L1's console into one result per run.
+fn parse_console(console: &str, batch: &Batch) -> Result<Vec<RunResult>> {
+    let mut runs: Vec<Option<RunResult>> = vec![None; batch.runs.len()];
+    let mut lines = console.lines();
+    let index = |s: Option<&str>| -> Result<usize> {
+        s.and_then(|s| s.parse::<usize>().ok())
+            .filter(|i| *i < batch.runs.len())
+            .ok_or_else(|| err!("bad run index in the console protocol"))
+    };
+    let mut current: Option<usize> = None;
+    while let Some(line) = lines.next() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("KILN-RIG-BEGIN") => {
+                let i = index(words.next())?;
+                runs[i] = Some(RunResult {
+                    name: batch.runs[i].name.clone(),
+                    status: None,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    seconds: 0.0,
+                    l1_kernel_log: String::new(),
+                });
+                current = Some(i);
+            }
+            Some(
+                tag @ ("KILN-RIG-STATUS" | "KILN-RIG-STDOUT" | "KILN-RIG-STDERR" | "KILN-RIG-KMSG"),
+            ) => {
+                let i = index(words.next())?;
+                let run = runs[i]
+                    .as_mut()
+                    .filter(|_| current == Some(i))
+                    .ok_or_else(|| err!("{tag} for run {i} outside that run"))?;
+                let rest: Vec<&str> = words.collect();
+                match tag {
+                    "KILN-RIG-STATUS" => {
+                        let num = |k: usize| rest.get(k).and_then(|v| v.parse::<f64>().ok());
+                        let (st, to, t0, t1) = (num(0), num(1), num(2), num(3));
+                        let (Some(st), Some(to), Some(t0), Some(t1)) = (st, to, t0, t1) else {
+                            return Err(err!("bad status line {line:?}"));
+                        };
+                        run.status = (to == 0.0).then_some(st as i32);
+                        run.seconds = ((t1 - t0) * 100.0).round() / 100.0;
+                    }
+                    "KILN-RIG-KMSG" => {
+                        run.l1_kernel_log.push_str(&rest.join(" "));
+                        run.l1_kernel_log.push('\n');
+                    }
+                    _ => {
+                        let len: usize = rest
+                            .first()
+                            .and_then(|v| v.parse().ok())
+                            .ok_or_else(|| err!("bad line {line:?}"))?;
+                        let end = format!("{tag}-END {i}");
+                        let mut text = String::new();
+                        for l in lines.by_ref() {
+                            if l.trim() == end {
+                                break;
+                            }
+                            text.push_str(l.trim());
+                        }
+                        let bytes = base64_decode(&text).map_err(|e| err!("run {i} {tag}: {e}"))?;
+                        if bytes.len() != len {
+                            return Err(err!(
+                                "run {i} {tag}: decoded {} bytes, L1 said {len} (console garbled?)",
+                                bytes.len()
+                            ));
+                        }
+                        if tag == "KILN-RIG-STDOUT" {
+                            run.stdout = bytes;
+                        } else {
+                            run.stderr = bytes;
+                        }
+                    }
+                }
+            }
+            Some("KILN-RIG-END") => current = None,
+            _ => {}
+        }
+    }
+    runs.into_iter()
+        .zip(&batch.runs)
+        .map(|(r, spec)| r.ok_or_else(|| err!("run {:?} never started in L1", spec.name)))
+        .collect()
+}
+
+/// Decode standard base64 (padding optional, whitespace ignored).
+fn base64_decode(text: &str) -> std::result::Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' | b' ' | b'\t' | b'\n' => continue,
+            _ => return Err(err!("not base64: {:?}", c as char)),
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rig::RunSpec;
+
+    #[test]
+    fn decodes_base64() {
+        assert_eq!(base64_decode("aGVsbG8K").unwrap(), b"hello\n");
+        assert_eq!(base64_decode("AP8=\n").unwrap(), [0, 255]);
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert!(base64_decode("a*b").is_err());
+    }
+
+    #[test]
+    fn quotes_for_sh() {
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn parses_the_console_protocol() {
+        let batch = Batch::new("/bin/true")
+            .run(RunSpec::new("a", ["x"]))
+            .run(RunSpec::new("b", ["y"]));
+        let console = "noise\r\nKILN-RIG-KVM-READY 3.1\nKILN-RIG-BEGIN 0\nKILN-RIG-STATUS 0 0 0 3.50 4.75\n\
+            KILN-RIG-STDOUT 0 6\naGVsbG8K\nKILN-RIG-STDOUT-END 0\nKILN-RIG-STDERR 0 0\n\nKILN-RIG-STDERR-END 0\n\
+            KILN-RIG-KMSG 0 kvm: something\nKILN-RIG-END 0\nKILN-RIG-BEGIN 1\nKILN-RIG-STATUS 1 137 1 5 65\n\
+            KILN-RIG-STDOUT 1 0\nKILN-RIG-STDOUT-END 1\nKILN-RIG-STDERR 1 2\nAP8=\nKILN-RIG-STDERR-END 1\nKILN-RIG-END 1\nKILN-RIG-DONE\n";
+        let r = parse_console(console, &batch).unwrap();
+        assert_eq!(
+            (r[0].name.as_str(), r[0].status, r[0].seconds),
+            ("a", Some(0), 1.25)
+        );
+        assert_eq!(r[0].stdout, b"hello\n");
+        assert_eq!(r[0].l1_kernel_log, "kvm: something\n");
+        assert_eq!(
+            (r[1].status, r[1].stderr.as_slice()),
+            (None, &[0u8, 255][..])
+        );
+        let short = console.replace("KILN-RIG-STDOUT 0 6", "KILN-RIG-STDOUT 0 7");
+        assert!(parse_console(&short, &batch)
+            .unwrap_err()
+            .0
+            .contains("garbled"));
+        let missing = &console[..console.find("KILN-RIG-BEGIN 1").unwrap()];
+        assert!(parse_console(missing, &batch)
+            .unwrap_err()
+            .0
+            .contains("\"b\" never started"));
+    }
+
+    #[test]
+    fn lists_the_dynamic_loader() {
+        let libs = shared_libraries(Path::new("/bin/sh")).unwrap();
+        assert!(
+            libs.iter()
+                .any(|l| l.to_string_lossy().contains("ld-linux")),
+            "{libs:?}"
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! Which devices a VM gets and where: every guest has COM1, the debug-exit port and the
+//! POST-code port; kernel guests (multiboot and Linux) also get the CMOS RTC, the i8042,
+//! pvpanic and, with ACPI, Kiln's power device. Each port range is reserved in
+//! [`Resources`] before it is put on the bus.
+
+use crate::error::{os_err, Result, VmmError};
+use crate::resources::Resources;
+use kiln_arch::acpi;
+use kiln_devices::acpi_pm::AcpiPm;
+use kiln_devices::bus::{Bus, SharedDevice};
+use kiln_devices::cmos::{Cmos, CMOS_PORT, CMOS_PORTS};
+use kiln_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
+use kiln_devices::i8042::{self, I8042};
+use kiln_devices::post_code::{PostCode, POST_CODE_PORT};
+use kiln_devices::pvpanic::{PvPanic, PVPANIC_PORT};
+use kiln_devices::serial::{SerialIrq, SerialPort, COM1_PORT, UART_PORTS};
+use kvm_ioctls::VmFd;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The ISA interrupt line of COM1.
+pub const COM1_IRQ: u32 = 4;
+
+/// What kind of platform to assemble.
+pub struct PlatformSpec {
+    /// An in-kernel irqchip exists (interrupts can be delivered).
+    pub irqchip: bool,
+    /// Kernel guests get the RTC, i8042 and pvpanic.
+    pub kernel_devices: bool,
+    /// Linux gets Kiln's ACPI power device.
+    pub acpi: bool,
+}
+
+/// The devices of a VM.
+pub struct Platform {
+    /// Port-I/O bus.
+    pub pio: Bus,
+    /// COM1, shared with the console.
+    pub serial: Arc<Mutex<SerialPort>>,
+}
+
+fn add(
+    bus: &mut Bus,
+    res: &mut Resources,
+    name: &'static str,
+    base: u64,
+    len: u64,
+    dev: SharedDevice,
+) -> Result<()> {
+    res.reserve_ports(name, base, len)?;
+    bus.insert(name, base, len, dev)
+        .map_err(|e| VmmError::Config(e.to_string()))
+}
+
+/// Assemble the devices; COM1 writes to `out`.
+pub fn build(
+    spec: &PlatformSpec,
+    vm_fd: &VmFd,
+    res: &mut Resources,
+    out: Box<dyn Write + Send>,
+) -> Result<Platform> {
+    let irq = if spec.irqchip {
+        let evt =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(os_err("eventfd"))?;
+        vm_fd
+            .register_irqfd(&evt, COM1_IRQ)
+            .map_err(crate::error::kvm_err("KVM_IRQFD"))?;
+        SerialIrq(Some(evt))
+    } else {
+        SerialIrq(None)
+    };
+    let serial = Arc::new(Mutex::new(SerialPort::new(irq, out)));
+    let mut pio = Bus::new();
+    add(
+        &mut pio,
+        res,
+        "serial",
+        COM1_PORT,
+        UART_PORTS,
+        serial.clone(),
+    )?;
+    add(
+        &mut pio,
+        res,
+        "debug-exit",
+        DEBUG_EXIT_PORT,
+        1,
+        Arc::new(Mutex::new(DebugExit)),
+    )?;
+    add(
+        &mut pio,
+        res,
+        "post-code",
+        POST_CODE_PORT,
+        1,
+        Arc::new(Mutex::new(PostCode::default())),
+    )?;
+    if spec.kernel_devices {
+        add(
+            &mut pio,
+            res,
+            "cmos",
+            CMOS_PORT,
+            CMOS_PORTS,
+            Arc::new(Mutex::new(Cmos::default())),
+        )?;
+        add(
+            &mut pio,
+            res,
+            "i8042",
+            i8042::DATA_PORT,
+            i8042::PORTS,
+            Arc::new(Mutex::new(I8042::default())),
+        )?;
+        add(
+            &mut pio,
+            res,
+            "pvpanic",
+            PVPANIC_PORT,
+            1,
+            Arc::new(Mutex::new(PvPanic::default())),
+        )?;
+    }
+    if spec.acpi {
+        let pm = AcpiPm::new(acpi::S5_SLP_TYP, acpi::RESET_VALUE);
+        add(
+            &mut pio,
+            res,
+            "acpi-pm",
+            acpi::PM_PORT,
+            acpi::PM_PORTS,
+            Arc::new(Mutex::new(pm)),
+        )?;
+    }
+    Ok(Platform { pio, serial })
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_devices::{acpi_pm, pvpanic};
+
+    #[test]
+    fn acpi_tables_and_devices_agree() {
+        use kiln_arch::acpi;
+        assert_eq!(acpi::SLEEP_CONTROL, acpi_pm::SLEEP_CONTROL);
+        assert_eq!(acpi::SLEEP_STATUS, acpi_pm::SLEEP_STATUS);
+        assert_eq!(acpi::RESET_REGISTER, acpi_pm::RESET_REGISTER);
+        assert_eq!(acpi::SLP_EN, acpi_pm::SLP_EN);
+        assert_eq!(acpi::PVPANIC_PORT as u64, pvpanic::PVPANIC_PORT);
+    }
+}
