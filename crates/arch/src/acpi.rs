@@ -187,6 +187,23 @@ mod tests {
         assert_eq!(sum(fadt), 0);
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0, "hardware-reduced");
+        assert_ne!(flags & (1 << 10), 0, "reset register supported");
+        // RESET_REG (GAS at 116): system I/O, 8 bits at offset 0, byte access, 0x602.
+        assert_eq!(&fadt[116..120], &[1, 8, 0, 1], "reset register GAS header");
+        assert_eq!(
+            u64::from_le_bytes(fadt[120..128].try_into().unwrap()),
+            PM_PORT + RESET_REGISTER
+        );
+        assert_eq!(fadt[128], RESET_VALUE);
+        // SLEEP_CONTROL_REG at 244, SLEEP_STATUS_REG at 256.
+        assert_eq!(
+            u64::from_le_bytes(fadt[248..256].try_into().unwrap()),
+            PM_PORT + SLEEP_CONTROL
+        );
+        assert_eq!(
+            u64::from_le_bytes(fadt[260..268].try_into().unwrap()),
+            PM_PORT + SLEEP_STATUS
+        );
         let dsdt_addr = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
         let dsdt = table_at(&blob, dsdt_addr);
         assert_eq!(&dsdt[0..4], b"DSDT");

@@ -30,6 +30,17 @@ pub const LINUX_BOOT_AREAS: [Range<u64>; 4] = [
     crate::acpi::ACPI_AREA,
 ];
 
+/// The reset vector a warm restart through the BIOS jumps to (F000:FFF0).
+pub const RESET_VECTOR: u64 = 0xF_FFF0;
+
+/// What Kiln puts at the reset vector for kernel guests, in place of firmware: pulse the
+/// reset line through the i8042 (`mov al, 0xfe; out 0x64, al`), then halt.
+///
+/// Linux on a hardware-reduced ACPI platform reboots through EFI by default
+/// (`efi_reboot_required()`), and without EFI falls back to a real-mode jump to the BIOS
+/// reset vector; a real BIOS resets the machine from there, and so does this stub.
+pub const RESET_STUB: [u8; 7] = [0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFD];
+
 /// `type_of_loader` value for a loader without an assigned ID.
 pub const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 /// loadflags: the protected-mode code is loaded at 0x100000.
@@ -85,10 +96,10 @@ pub fn check_header(hdr: &setup_header) -> Result<(), LinuxError> {
     Ok(())
 }
 
-/// The longest command line the kernel accepts (without the NUL).
+/// The longest command line the kernel accepts: `cmdline_size` is "the maximum size of
+/// the command line without the terminating zero" (boot protocol 2.06+).
 pub fn cmdline_max(hdr: &setup_header) -> usize {
-    let size = hdr.cmdline_size as usize;
-    size.clamp(1, CMDLINE_MAX) - 1
+    (hdr.cmdline_size as usize).min(CMDLINE_MAX - 1)
 }
 
 /// Check a command line against the kernel's limit; returns the NUL-terminated bytes.
@@ -285,7 +296,7 @@ mod tests {
             cmdline_size: 2048,
             ..Default::default()
         };
-        assert_eq!(cmdline_max(&hdr), 2047);
+        assert_eq!(cmdline_max(&hdr), 2048);
     }
 
     #[test]

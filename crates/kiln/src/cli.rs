@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_arch::CpuMode;
-use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, Vm, VmConfig};
+use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, StopReason, Vm, VmConfig};
 use std::path::PathBuf;
 
 const EXIT_STATUSES: &str = "\
@@ -64,6 +64,14 @@ enum Mode {
     Long,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnReboot {
+    /// End Kiln with status 2.
+    Exit,
+    /// Boot the guest again in the same process.
+    Restart,
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Load FILE at guest-physical ADDR (repeatable), e.g. code.bin@0xf0000.
@@ -102,9 +110,19 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
     cpus: u8,
 
-    /// Boot Linux without ACPI tables (the classic -no-acpi).
+    /// Boot Linux without ACPI tables (the classic -no-acpi); an MP table describes
+    /// the CPUs and the IOAPIC instead.
     #[arg(long)]
     no_acpi: bool,
+
+    /// What a guest reset does: end Kiln with status 2 (like QEMU's -no-reboot), or
+    /// restart the VM in the same process.
+    #[arg(long, value_enum, default_value_t = OnReboot::Exit, value_name = "ACTION")]
+    on_reboot: OnReboot,
+
+    /// Log the time from Kiln's start to each byte the guest writes to 0xfebff000 (MMIO).
+    #[arg(long)]
+    boot_timer: bool,
 
     /// Print the vCPU registers when the guest stops (always after a triple fault).
     #[arg(long)]
@@ -184,13 +202,14 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 /// Run the parsed command; returns the exit status, or a one-line error.
-pub fn execute(cli: Cli) -> Result<u8, String> {
+/// `start` is when the process started (for the boot timer).
+pub fn execute(cli: Cli, start: std::time::Instant) -> Result<u8, String> {
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, start),
     }
 }
 
-fn run(args: RunArgs) -> Result<u8, String> {
+fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
     let report_memory = args.report_memory;
     let guest = if let Some(kernel) = args.kernel {
         GuestConfig::Kernel {
@@ -233,12 +252,20 @@ fn run(args: RunArgs) -> Result<u8, String> {
     config.memory = args.memory;
     config.vcpus = args.cpus;
     config.acpi = !args.no_acpi;
+    config.boot_timer = args.boot_timer.then_some(start);
     config.kvm_path = args.kvm_device;
     config.dump_regs = args.dump_regs;
     config.trace_exits = args.trace_exits;
 
-    let vm = Vm::build(&config).map_err(|e| e.to_string())?;
-    let outcome = vm.run().map_err(|e| e.to_string())?;
+    let outcome = loop {
+        let vm = Vm::build(&config).map_err(|e| e.to_string())?;
+        let outcome = vm.run().map_err(|e| e.to_string())?;
+        if outcome.reason == StopReason::Reset && args.on_reboot == OnReboot::Restart {
+            eprintln!("kiln: guest reset; restarting it (--on-reboot restart)");
+            continue;
+        }
+        break outcome;
+    };
     if let Some(msg) = outcome.reason.message() {
         match outcome.culprit {
             Some(id) => eprintln!("kiln: {msg} (vCPU {id})"),

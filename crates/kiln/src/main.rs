@@ -7,6 +7,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let start = std::time::Instant::now();
     let args = match cli::Cli::try_parse() {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => {
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match cli::execute(args) {
+    match cli::execute(args, start) {
         Ok(status) => ExitCode::from(status),
         Err(msg) => {
             eprintln!("kiln: {msg}");

@@ -28,6 +28,13 @@ pub const KVM_MODULES: [&str; 3] = [
     "arch/x86/kvm/kvm-amd",
 ];
 
+/// Modules for L2 guests (the cloud kernel has no built-in pvpanic driver for the ACPI
+/// QEMU0001 device), as paths under the kernel's module tree.
+pub const GUEST_MODULES: [&str; 2] = [
+    "drivers/misc/pvpanic/pvpanic",
+    "drivers/misc/pvpanic/pvpanic-mmio",
+];
+
 /// The cloud kernel with its KVM modules, and busybox: everything the rig boots as L1,
 /// and the pieces of an L2 guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +50,8 @@ pub struct Artifacts {
     pub kernel_package: (String, String),
     /// irqbypass.ko, kvm.ko, kvm-amd.ko (uncompressed), in load order.
     pub modules: Vec<PathBuf>,
+    /// Modules guests load ([`GUEST_MODULES`], uncompressed), in order.
+    pub guest_modules: Vec<PathBuf>,
     /// The static busybox binary.
     pub busybox: PathBuf,
 }
@@ -50,14 +59,19 @@ pub struct Artifacts {
 impl Artifacts {
     /// The cloud kernel artifacts and busybox, downloading them on first use.
     pub fn get() -> Result<Artifacts> {
-        let (dir, stamp) = cached("linux-cloud", |tmp| {
+        let (dir, stamp) = cached("linux-cloud-v3", |tmp| {
             fetch_kernel("linux-image-cloud-amd64", tmp, true)
         })?;
         let modules = KVM_MODULES
             .iter()
             .map(|m| dir.join(format!("{}.ko", module_name(m))))
             .collect();
+        let guest_modules = GUEST_MODULES
+            .iter()
+            .map(|m| dir.join(format!("{}.ko", module_name(m))))
+            .collect();
         Ok(Artifacts {
+            guest_modules,
             bzimage: dir.join("vmlinuz"),
             vmlinux: dir.join("vmlinux"),
             kernel_version: stamp.get("kernel_version")?,
@@ -195,6 +209,7 @@ fn fetch_kernel(meta: &str, into: &Path, kvm: bool) -> Result<Stamp> {
         wanted.extend(
             KVM_MODULES
                 .iter()
+                .chain(GUEST_MODULES.iter())
                 .map(|m| format!("*/modules/*/kernel/{m}.ko*")),
         );
     }
@@ -215,7 +230,7 @@ fn fetch_kernel(meta: &str, into: &Path, kvm: bool) -> Result<Stamp> {
             .map(|d| root.join(d).join(&kernel_version).join("kernel"))
             .find(|d| d.is_dir())
             .ok_or_else(|| err!("{package} has no lib/modules/{kernel_version}/kernel"))?;
-        for m in KVM_MODULES {
+        for m in KVM_MODULES.iter().chain(GUEST_MODULES.iter()) {
             install_module(&tree, m, &into.join(format!("{}.ko", module_name(m))))?;
         }
     }

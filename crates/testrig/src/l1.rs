@@ -196,7 +196,7 @@ rm -f /rig/out/timedout
 read t0 _ < /proc/uptime
 /rig/bin/kiln {argv} < {stdin} > /rig/out/{i}.out 2> /rig/out/{i}.err &
 pid=$!
-( sleep {timeout}; kill -0 $pid 2>/dev/null && {{ : > /rig/out/timedout; kill -9 $pid; }} ) &
+( sleep {timeout}; kill -0 $pid 2>/dev/null && {{ : > /rig/out/timedout; kill -TERM $pid; sleep 5; kill -9 $pid 2>/dev/null; }} ) &
 dog=$!
 wait $pid
 st=$?

@@ -91,6 +91,9 @@ pub struct VmConfig {
     pub forward_stdin: bool,
     /// Give Linux guests ACPI tables.
     pub acpi: bool,
+    /// Log when the guest writes to the boot-timer port, counting from this instant (the
+    /// process start); `None` leaves the port unclaimed.
+    pub boot_timer: Option<std::time::Instant>,
 }
 
 impl VmConfig {
@@ -105,6 +108,7 @@ impl VmConfig {
             trace_exits: false,
             forward_stdin: true,
             acpi: true,
+            boot_timer: None,
         }
     }
 }

@@ -85,8 +85,10 @@ fn load_initrd(
     Ok(Some((addr, size)))
 }
 
-/// ACPI tables (returns the RSDP address), or without ACPI an MP table.
+/// ACPI tables (returns the RSDP address), or without ACPI an MP table; and the reset
+/// stub at the BIOS reset vector.
 fn write_acpi(mem: &GuestMem, b: &LinuxBoot<'_>) -> Result<Option<u64>> {
+    write(mem, &boot::RESET_STUB, boot::RESET_VECTOR)?;
     if !b.acpi {
         let mp = kiln_arch::mptable::mptable(b.vcpus, IOAPIC_ADDR as u32, LAPIC_ADDR as u32)
             .map_err(|e| VmmError::Config(e.to_string()))?;
@@ -98,9 +100,33 @@ fn write_acpi(mem: &GuestMem, b: &LinuxBoot<'_>) -> Result<Option<u64>> {
     Ok(Some(acpi::RSDP_ADDR))
 }
 
+/// Refuse a bzImage shorter than its setup header says (a truncated download or copy):
+/// `linux-loader` would load the part that is there and the guest would crash later.
+fn check_complete(path: &Path, image: &[u8]) -> Result<()> {
+    let setup_sects = match image.get(0x1f1) {
+        Some(0) | None => 4,
+        Some(&n) => n as usize,
+    };
+    let syssize = image.get(0x1f4..0x1f8).map_or(0, |b| {
+        u32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as usize
+    });
+    let want = (setup_sects + 1) * 512 + syssize * 16;
+    if image.len() < want {
+        return Err(kernel_err(
+            path,
+            format!(
+                "truncated bzImage: {} bytes, but its header says {want}",
+                image.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Load a bzImage for its 64-bit entry point.
 pub fn load_bzimage(mem: &GuestMem, layout: &MemoryLayout, b: &LinuxBoot<'_>) -> Result<BootState> {
     let path = b.kernel_path;
+    check_complete(path, b.image)?;
     let loaded = BzImage::load(
         mem,
         None,

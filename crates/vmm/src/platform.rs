@@ -7,6 +7,7 @@ use crate::error::{os_err, Result, VmmError};
 use crate::resources::Resources;
 use kiln_arch::acpi;
 use kiln_devices::acpi_pm::AcpiPm;
+use kiln_devices::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use kiln_devices::bus::{Bus, SharedDevice};
 use kiln_devices::cmos::{Cmos, CMOS_PORT, CMOS_PORTS};
 use kiln_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
@@ -30,12 +31,16 @@ pub struct PlatformSpec {
     pub kernel_devices: bool,
     /// Linux gets Kiln's ACPI power device.
     pub acpi: bool,
+    /// The boot timer's start instant, when asked for.
+    pub boot_timer: Option<std::time::Instant>,
 }
 
 /// The devices of a VM.
 pub struct Platform {
     /// Port-I/O bus.
     pub pio: Bus,
+    /// MMIO bus.
+    pub mmio: Bus,
     /// COM1, shared with the console.
     pub serial: Arc<Mutex<SerialPort>>,
 }
@@ -122,6 +127,13 @@ pub fn build(
             Arc::new(Mutex::new(PvPanic::default())),
         )?;
     }
+    let mut mmio = Bus::new();
+    if let Some(start) = spec.boot_timer {
+        let timer = Arc::new(Mutex::new(BootTimer::new(start)));
+        res.reserve_mmio("boot-timer", BOOT_TIMER_ADDR, BOOT_TIMER_LEN)?;
+        mmio.insert("boot-timer", BOOT_TIMER_ADDR, BOOT_TIMER_LEN, timer)
+            .map_err(|e| VmmError::Config(e.to_string()))?;
+    }
     if spec.acpi {
         let pm = AcpiPm::new(acpi::S5_SLP_TYP, acpi::RESET_VALUE);
         add(
@@ -133,7 +145,7 @@ pub fn build(
             Arc::new(Mutex::new(pm)),
         )?;
     }
-    Ok(Platform { pio, serial })
+    Ok(Platform { pio, mmio, serial })
 }
 
 #[cfg(test)]

@@ -65,6 +65,16 @@ impl Resources {
         self.check_new(0, &r, what)
     }
 
+    /// Take a fixed MMIO window in the 32-bit hole for a platform device.
+    pub fn reserve_mmio(&mut self, name: &str, base: u64, len: u64) -> Result<RangeInclusive> {
+        let what = format!("MMIO {base:#x}+{len:#x} for {name}");
+        let r = self
+            .mmio32
+            .allocate(len, 1, AllocPolicy::ExactMatch(base))
+            .map_err(alloc_err(what.clone()))?;
+        self.check_new(1, &r, what)
+    }
+
     /// Take an MMIO window from the 32-bit hole (`below_4g`) or the 64-bit window.
     pub fn allocate_mmio(
         &mut self,

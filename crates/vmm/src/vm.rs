@@ -15,7 +15,6 @@ use kiln_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use kiln_arch::MemoryLayout;
 use kiln_devices::bus::{lock, AccessCounts};
 use kiln_devices::serial::SerialPort;
-use kiln_devices::Bus;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::io::Write;
@@ -118,12 +117,13 @@ impl Vm {
             irqchip,
             kernel_devices: irqchip,
             acpi: linux && config.acpi,
+            boot_timer: config.boot_timer,
         };
-        let Platform { pio, serial } = platform::build(&spec, &vm_fd, &mut resources, out)?;
+        let Platform { pio, mmio, serial } = platform::build(&spec, &vm_fd, &mut resources, out)?;
 
         let shared = Arc::new(VmShared {
             pio,
-            mmio: Bus::new(),
+            mmio,
             stop: StopLatch::new().map_err(os_err("eventfd"))?,
             hlt_stops: !irqchip,
             dump_regs: config.dump_regs,
