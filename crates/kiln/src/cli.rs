@@ -28,6 +28,12 @@ enum Command {
     /// Boot a guest. With no guest arguments, runs the built-in demo guest.
     #[command(after_help = EXIT_STATUSES, after_long_help = RUN_LONG_HELP)]
     Run(RunArgs),
+    /// Create, inspect, check and convert disk images (raw, qcow2).
+    Img {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::img::ImgCommand,
+    },
 }
 
 const RUN_LONG_HELP: &str = "\
@@ -206,6 +212,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 pub fn execute(cli: Cli, start: std::time::Instant) -> Result<u8, String> {
     match cli.command {
         Command::Run(args) => run(args, start),
+        Command::Img { command } => crate::img::execute(command),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and turns the outcome into output and an exit status a script can rely on.
 
 mod cli;
+mod img;
 
 use clap::Parser;
 use std::process::ExitCode;
