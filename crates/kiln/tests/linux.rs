@@ -98,6 +98,10 @@ fn debian_kernel_boots_to_userspace_from_bzimage_and_vmlinux() {
         .run(run("pvh", "{file:vmlinux}", "1", "192M"))
         .execute(&host)
         .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
+    let finished = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let want_sum = sha256_hex(&data);
     for (name, cpus, mem_mib) in [("bzimage", 2, 256u64), ("pvh", 1, 192)] {
         let r = result.run(name);
