@@ -37,6 +37,9 @@ pub const RESET_VALUE: u8 = 1;
 pub const S5_SLP_TYP: u8 = 5;
 /// Sleep control register bit: sleep enable.
 pub const SLP_EN: u8 = 1 << 5;
+/// The 32-bit window PCI BARs may use (the device part of the MMIO hole, less the
+/// boot-timer page at its top).
+pub const PCI_MMIO32: Range<u64> = 0xC000_0000..0xFEBF_F000;
 /// COM1's ports and interrupt, as the DSDT describes them.
 pub const COM1_PORT: u16 = 0x3f8;
 /// COM1's GSI (IOAPIC pin).
@@ -84,7 +87,7 @@ pub fn madt(vcpus: u8, ioapic_addr: u32, lapic_addr: u32) -> Vec<u8> {
 /// A hardware-reduced platform has no legacy PIC, so Linux maps no ISA IRQ to the IOAPIC
 /// on its own: a device that interrupts must be described here with its interrupt, or the
 /// kernel cannot request it (the 8250 driver then never transmits a byte from user space).
-pub fn dsdt() -> Vec<u8> {
+pub fn dsdt(mmio64: &Range<u64>) -> Vec<u8> {
     let mut body = Vec::new();
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLP_TYP, &0u8]))
         .to_aml_bytes(&mut body);
@@ -108,7 +111,45 @@ pub fn dsdt() -> Vec<u8> {
     let hid = aml::Name::new("_HID".into(), &"QEMU0001");
     let crs_name = aml::Name::new("_CRS".into(), &crs);
     let dev = aml::Device::new("PEVT".into(), vec![&hid, &crs_name]);
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &dev]).to_aml_bytes(&mut body);
+    // The PCI root bridge: bus 0 behind configuration mechanism #1, with the I/O space
+    // around the configuration ports and the MMIO windows BARs may be placed in.
+    let bus = aml::AddressSpace::new_bus_number(0u16, 0xffu16);
+    let cfg_io = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_lo = aml::AddressSpace::new_io(0u16, 0xcf7u16, None);
+    let io_hi = aml::AddressSpace::new_io(0xd00u16, 0xffffu16, None);
+    let mem32 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO32.start as u32,
+        (PCI_MMIO32.end - 1) as u32,
+        None,
+    );
+    let mem64 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        mmio64.start,
+        mmio64.end - 1,
+        None,
+    );
+    let pci_crs = aml::ResourceTemplate::new(vec![&bus, &cfg_io, &io_lo, &io_hi, &mem32, &mem64]);
+    let pci_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A03"));
+    let pci_adr = aml::Name::new("_ADR".into(), &0u8);
+    let pci_seg = aml::Name::new("_SEG".into(), &0u8);
+    let pci_uid = aml::Name::new("_UID".into(), &0u8);
+    let pci_bbn = aml::Name::new("_BBN".into(), &0u8);
+    let pci_crs_name = aml::Name::new("_CRS".into(), &pci_crs);
+    let pci0 = aml::Device::new(
+        "PCI0".into(),
+        vec![
+            &pci_hid,
+            &pci_adr,
+            &pci_seg,
+            &pci_uid,
+            &pci_bbn,
+            &pci_crs_name,
+        ],
+    );
+    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &dev, &pci0]).to_aml_bytes(&mut body);
     let mut t = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"KILNDSDT", 1);
     t.append_slice(&body);
     let mut bytes = t.as_slice().to_vec();
@@ -133,11 +174,11 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
 }
 
 /// All tables as one blob for [`ACPI_AREA`]`.start`; the RSDP is at its start.
-pub fn tables(vcpus: u8, ioapic_addr: u32, lapic_addr: u32) -> Vec<u8> {
+pub fn tables(vcpus: u8, ioapic_addr: u32, lapic_addr: u32, mmio64: &Range<u64>) -> Vec<u8> {
     let mut blob = vec![0u8; 0x40]; // RSDP goes here last
     let xsdt_at = blob.len();
     blob.resize(xsdt_at + 36 + 2 * 8, 0); // XSDT placeholder: header + two entries
-    let dsdt_addr = append_aligned(&mut blob, &dsdt());
+    let dsdt_addr = append_aligned(&mut blob, &dsdt(mmio64));
     let fadt_addr = append_aligned(&mut blob, &fadt(dsdt_addr));
     let madt_addr = append_aligned(&mut blob, &madt(vcpus, ioapic_addr, lapic_addr));
     let mut xsdt = XSDT::new(OEM_ID, *b"KILNXSDT", 1);
@@ -168,7 +209,12 @@ mod tests {
 
     #[test]
     fn tables_link_up_with_valid_checksums() {
-        let blob = tables(4, 0xfec0_0000, 0xfee0_0000);
+        let blob = tables(
+            4,
+            0xfec0_0000,
+            0xfee0_0000,
+            &(0x1_0000_0000..0x11_0000_0000),
+        );
         assert!((blob.len() as u64) < ACPI_AREA.end - ACPI_AREA.start);
         assert_eq!(&blob[0..8], b"RSD PTR ");
         assert_eq!(sum(&blob[0..20]), 0, "RSDP v1 checksum");
@@ -212,6 +258,7 @@ mod tests {
         assert!(dsdt.windows(8).any(|w| w == b"QEMU0001"));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
         assert!(dsdt.windows(4).any(|w| w == b"RTC_"));
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
         let madt = table_at(&blob, entries[1]);
         assert_eq!(&madt[0..4], b"APIC");
         assert_eq!(sum(madt), 0);

@@ -11,6 +11,7 @@ pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
 pub mod i8042;
+pub mod pci;
 pub mod post_code;
 pub mod pvpanic;
 pub mod serial;

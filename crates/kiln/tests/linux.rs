@@ -16,6 +16,7 @@ echo KILN-L2-USERSPACE-UP
 echo "cmdline=$(cat /proc/cmdline)"
 echo "payload=$(sha256sum /payload | cut -d' ' -f1)"
 echo "nproc=$(nproc)"
+echo "pci=$(cat /sys/bus/pci/devices/0000:00:00.0/vendor 2>&1):$(cat /sys/bus/pci/devices/0000:00:00.0/device 2>&1)"
 echo "memtotal_kb=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
 echo "epoch=$(date +%s)"
 echo KILN-L2-DONE
@@ -129,6 +130,7 @@ fn debian_kernel_boots_to_userspace_from_bzimage_and_vmlinux() {
             "{name}: initrd contents"
         );
         assert_eq!(field(r, &out, "nproc"), cpus.to_string(), "{name}: vCPUs");
+        assert_eq!(field(r, &out, "pci"), "0x8086:0x1237", "{name}: the host bridge on bus 0");
         let mem_kb: u64 = field(r, &out, "memtotal_kb").parse().unwrap();
         assert!(
             mem_kb * 1024 >= mem_mib * (1 << 20) * 3 / 4,

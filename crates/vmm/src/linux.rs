@@ -55,6 +55,8 @@ pub struct LinuxBoot<'a> {
     pub acpi: bool,
     /// vCPUs (for the MADT).
     pub vcpus: u8,
+    /// The 64-bit MMIO window (for the PCI root bridge's resources).
+    pub mmio64: std::ops::Range<u64>,
 }
 
 fn kernel_err(path: &Path, reason: impl ToString) -> VmmError {
@@ -95,7 +97,7 @@ fn write_acpi(mem: &GuestMem, b: &LinuxBoot<'_>) -> Result<Option<u64>> {
         write(mem, &mp, kiln_arch::mptable::MPTABLE_AREA.start)?;
         return Ok(None);
     }
-    let tables = acpi::tables(b.vcpus, IOAPIC_ADDR as u32, LAPIC_ADDR as u32);
+    let tables = acpi::tables(b.vcpus, IOAPIC_ADDR as u32, LAPIC_ADDR as u32, &b.mmio64);
     write(mem, &tables, acpi::ACPI_AREA.start)?;
     Ok(Some(acpi::RSDP_ADDR))
 }

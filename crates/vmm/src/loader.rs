@@ -297,6 +297,7 @@ pub fn load_guest(mem: &GuestMem, layout: &MemoryLayout, config: &VmConfig) -> R
                 initrd: initrd.as_ref(),
                 acpi: config.acpi,
                 vcpus: config.vcpus,
+                mmio64: layout.mmio64(),
             };
             match format {
                 KernelFormat::BzImage => linux::load_bzimage(mem, layout, &b),

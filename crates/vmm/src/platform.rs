@@ -1,6 +1,7 @@
 //! Which devices a VM gets and where: every guest has COM1, the debug-exit port and the
 //! POST-code port; kernel guests (multiboot and Linux) also get the CMOS RTC, the i8042,
-//! pvpanic and, with ACPI, Kiln's power device. Each port range is reserved in
+//! pvpanic, the PCI root bus with its i440FX-compatible host bridge (configuration
+//! mechanism #1 at 0xcf8) and, with ACPI, Kiln's power device. Each port range is reserved in
 //! [`Resources`] before it is put on the bus.
 
 use crate::error::{os_err, Result, VmmError};
@@ -12,6 +13,8 @@ use kiln_devices::bus::{Bus, SharedDevice};
 use kiln_devices::cmos::{Cmos, CMOS_PORT, CMOS_PORTS};
 use kiln_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use kiln_devices::i8042::{self, I8042};
+use kiln_devices::pci::config_io::{CONFIG_IO_PORT, CONFIG_IO_PORTS};
+use kiln_devices::pci::{PciConfigIo, PciRoot};
 use kiln_devices::post_code::{PostCode, POST_CODE_PORT};
 use kiln_devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use kiln_devices::serial::{SerialIrq, SerialPort, COM1_PORT, UART_PORTS};
@@ -37,6 +40,8 @@ pub struct PlatformSpec {
 
 /// The devices of a VM.
 pub struct Platform {
+    /// The PCI root bus (kernel guests).
+    pub pci: Option<Arc<PciRoot>>,
     /// Port-I/O bus.
     pub pio: Bus,
     /// MMIO bus.
@@ -101,7 +106,19 @@ pub fn build(
         1,
         Arc::new(Mutex::new(PostCode::default())),
     )?;
+    let mut pci = None;
     if spec.kernel_devices {
+        let root = Arc::new(PciRoot::new());
+        let cfg = Arc::new(Mutex::new(PciConfigIo::new(root.clone())));
+        add(
+            &mut pio,
+            res,
+            "pci-config",
+            CONFIG_IO_PORT,
+            CONFIG_IO_PORTS,
+            cfg,
+        )?;
+        pci = Some(root);
         add(
             &mut pio,
             res,
@@ -145,7 +162,12 @@ pub fn build(
             Arc::new(Mutex::new(pm)),
         )?;
     }
-    Ok(Platform { pio, mmio, serial })
+    Ok(Platform {
+        pci,
+        pio,
+        mmio,
+        serial,
+    })
 }
 
 #[cfg(test)]

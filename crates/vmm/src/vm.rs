@@ -119,7 +119,9 @@ impl Vm {
             acpi: linux && config.acpi,
             boot_timer: config.boot_timer,
         };
-        let Platform { pio, mmio, serial } = platform::build(&spec, &vm_fd, &mut resources, out)?;
+        let Platform {
+            pio, mmio, serial, ..
+        } = platform::build(&spec, &vm_fd, &mut resources, out)?;
 
         let shared = Arc::new(VmShared {
             pio,
