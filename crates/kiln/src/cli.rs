@@ -5,15 +5,21 @@ use kiln_arch::CpuMode;
 use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, StopReason, Vm, VmConfig};
 use std::path::PathBuf;
 
-const EXIT_STATUSES: &str = "\
-Exit status:
+/// The exit-status table, shared by the short and the long help.
+macro_rules! exit_statuses {
+    () => {
+        "Exit status:
   0      guest halted (raw guests) or powered off; Ctrl-A x
   1      Kiln error: bad arguments, unreadable or invalid files, unusable /dev/kvm
   2      guest reset
   4      guest panic
   6      triple fault, KVM internal/emulation error, unexpected VM exit
   odd N  guest wrote V to the debug-exit port 0xf4: N = ((V << 1) | 1) & 0xff
-  130    stopped by SIGINT; 143 stopped by SIGTERM";
+  130    stopped by SIGINT; 143 stopped by SIGTERM"
+    };
+}
+
+const EXIT_STATUSES: &str = exit_statuses!();
 
 /// Kiln: a virtual machine monitor for Linux KVM.
 #[derive(Parser, Debug)]
@@ -36,7 +42,8 @@ enum Command {
     },
 }
 
-const RUN_LONG_HELP: &str = "\
+const RUN_LONG_HELP: &str = concat!(
+    "\
 Guests:
   kiln run                                   the built-in demo guest
   kiln run --load code.bin@0xf0000 --load table.bin@0x100000 --mode real --dump-regs
@@ -51,14 +58,9 @@ mode identity-maps RAM (at least 4 GiB) with 2 MiB pages in tables from 0x9000. 
 or a write to the debug-exit port 0xf4. The serial port is COM1 (0x3f8); stdin is
 forwarded to it; Ctrl-A x quits when stdin is a terminal.
 
-Exit status:
-  0      guest halted (raw guests) or powered off; Ctrl-A x
-  1      Kiln error: bad arguments, unreadable or invalid files, unusable /dev/kvm
-  2      guest reset
-  4      guest panic
-  6      triple fault, KVM internal/emulation error, unexpected VM exit
-  odd N  guest wrote V to the debug-exit port 0xf4: N = ((V << 1) | 1) & 0xff
-  130    stopped by SIGINT; 143 stopped by SIGTERM";
+",
+    exit_statuses!()
+);
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
