@@ -130,7 +130,11 @@ fn debian_kernel_boots_to_userspace_from_bzimage_and_vmlinux() {
             "{name}: initrd contents"
         );
         assert_eq!(field(r, &out, "nproc"), cpus.to_string(), "{name}: vCPUs");
-        assert_eq!(field(r, &out, "pci"), "0x8086:0x1237", "{name}: the host bridge on bus 0");
+        assert_eq!(
+            field(r, &out, "pci"),
+            "0x8086:0x1237",
+            "{name}: the host bridge on bus 0"
+        );
         let mem_kb: u64 = field(r, &out, "memtotal_kb").parse().unwrap();
         assert!(
             mem_kb * 1024 >= mem_mib * (1 << 20) * 3 / 4,
@@ -142,8 +146,8 @@ fn debian_kernel_boots_to_userspace_from_bzimage_and_vmlinux() {
         );
         let epoch: i64 = field(r, &out, "epoch").parse().unwrap();
         assert!(
-            (epoch - started).abs() < 600,
-            "{name}: guest clock {epoch} vs host {started}"
+            started - 5 <= epoch && epoch <= finished + 5,
+            "{name}: guest clock {epoch} outside the run's window {started}..{finished}"
         );
     }
 }
