@@ -88,6 +88,12 @@ install_qemu10() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             -t bookworm-backports qemu-system-x86
     fi
+    # qemu-img and qemu-io 10: the oracle the disk-image tests compare Kiln's images with.
+    if ! qemu-img --version 2>/dev/null | grep -q "version 1[0-9]\."; then
+        say "installing qemu-utils 10 from bookworm-backports"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            -t bookworm-backports qemu-utils
+    fi
 }
 
 deps() {

@@ -1,0 +1,122 @@
+//! Opening images by path: format probing and backing chains (qcow2 or raw backing files,
+//! names resolved against the overlay's directory, a depth limit and cycle detection).
+//!
+//! Probing only ever chooses between raw and qcow2 by the qcow2 magic; an image opened as
+//! raw (probed or named) never opens a backing file, and a backing file whose format the
+//! overlay names is opened as that format, never probed.
+
+use crate::qcow2::Qcow2;
+use crate::raw::RawFile;
+use crate::{BlockDevice, Error, Format, Result};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Longest backing chain accepted (overlay not counted).
+pub const MAX_CHAIN_DEPTH: usize = 16;
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Refuse writes (backing files are always read-only).
+    pub read_only: bool,
+    /// The format; None probes it.
+    pub format: Option<Format>,
+    /// Do not open backing files (reads of unallocated clusters then return zeros).
+    pub no_backing: bool,
+}
+
+/// Guess an image's format from its first bytes: qcow2 if it has the magic, else raw.
+pub fn probe(path: &Path) -> Result<Format> {
+    let mut f = File::open(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match f.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(Error::io(path.display().to_string(), e)),
+        }
+    }
+    Ok(if got == 4 && magic == *b"QFI\xfb" {
+        Format::Qcow2
+    } else {
+        Format::Raw
+    })
+}
+
+/// Open `path` with its backing chain.
+pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn BlockDevice>> {
+    let mut seen = Vec::new();
+    open_chain(path, opts, 0, &mut seen)
+}
+
+/// Where a backing file name stored in `overlay` points: relative names are relative to
+/// the overlay's directory.
+pub fn resolve_backing(overlay: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match overlay.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn open_chain(
+    path: &Path,
+    opts: &OpenOptions,
+    depth: usize,
+    seen: &mut Vec<PathBuf>,
+) -> Result<Box<dyn BlockDevice>> {
+    let canon =
+        std::fs::canonicalize(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+    if seen.contains(&canon) {
+        return Err(Error::Invalid(format!(
+            "backing chain has a loop: {} appears twice",
+            path.display()
+        )));
+    }
+    if depth > MAX_CHAIN_DEPTH {
+        return Err(Error::Invalid(format!(
+            "backing chain is deeper than {MAX_CHAIN_DEPTH} images"
+        )));
+    }
+    seen.push(canon);
+    let format = match opts.format {
+        Some(f) => f,
+        None => probe(path)?,
+    };
+    match format {
+        Format::Raw => Ok(Box::new(RawFile::open(path, opts.read_only)?)),
+        Format::Qcow2 => {
+            let mut img = Qcow2::open(path, opts.read_only)?;
+            if opts.no_backing {
+                return Ok(Box::new(img));
+            }
+            if let Some(name) = img.backing_file().map(str::to_owned) {
+                let bpath = resolve_backing(path, &name);
+                let bfmt = match img.backing_format() {
+                    Some(f) => Some(
+                        Format::from_name(f).map_err(|e| e.context(&path.display().to_string()))?,
+                    ),
+                    None => None,
+                };
+                let bopts = OpenOptions {
+                    read_only: true,
+                    format: bfmt,
+                    no_backing: false,
+                };
+                let backing = open_chain(&bpath, &bopts, depth + 1, seen).map_err(|e| {
+                    Error::Invalid(format!(
+                        "{}: could not open backing file: {e}",
+                        path.display()
+                    ))
+                })?;
+                img.set_backing(backing);
+            }
+            Ok(Box::new(img))
+        }
+    }
+}

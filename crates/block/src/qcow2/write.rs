@@ -1,0 +1,350 @@
+//! qcow2 writes: in-place writes to owned clusters, allocating writes (copy-on-write of
+//! partial clusters from the backing file, compressed or zero clusters), zeroing and
+//! discarding, each in QEMU's crash-safe order (see the [`super`] module docs).
+
+use super::{Mapping, Qcow2, L1_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO};
+use crate::fileio::{file_len, punch_hole, read_full, sync, write_full};
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+
+/// One guest cluster touched by a write.
+struct Piece {
+    /// Guest offset of the cluster start.
+    guest: u64,
+    /// Offset of the piece inside the cluster.
+    in_cluster: usize,
+    /// Where the piece's bytes start in the caller's buffer.
+    src: usize,
+    /// Length of the piece.
+    len: usize,
+    /// The cluster's mapping before the write.
+    old: Mapping,
+}
+
+impl Qcow2 {
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly("image is open read-only".into()));
+        }
+        if self.h.incompatible_features & super::header::INCOMPAT_CORRUPT != 0 {
+            return Err(Error::Corrupt(
+                "image is marked corrupt; writes are refused".into(),
+            ));
+        }
+        if self.h.nb_snapshots > 0 {
+            return Err(Error::Unsupported(
+                "writing to qcow2 images with internal snapshots is not supported yet".into(),
+            ));
+        }
+        if self.h.extended_l2() {
+            return Err(Error::Unsupported(
+                "writing to qcow2 images with extended L2 entries is not supported yet".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuse (and mark the image corrupt) if `len` bytes at host offset `host` overlap
+    /// the header, the L1 table, the refcount table, an L2 table or a refcount block.
+    pub(crate) fn check_overlap(&mut self, host: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let cs = self.cluster_size;
+        let end = host + len;
+        let hits = |start: u64, size: u64| size > 0 && host < start + size && start < end;
+        let mut bad = hits(0, cs)
+            || hits(self.h.l1_table_offset, u64::from(self.h.l1_size) * 8)
+            || hits(
+                self.h.refcount_table_offset,
+                u64::from(self.h.refcount_table_clusters) * cs,
+            )
+            || (self.h.nb_snapshots > 0 && hits(self.h.snapshots_offset, cs));
+        if !bad {
+            bad = (host / cs..end.div_ceil(cs)).any(|c| self.meta.contains(&c));
+        }
+        if bad {
+            self.mark_corrupt();
+            return Err(Error::Corrupt(format!(
+                "write of {len} bytes at host offset {host:#x} would overwrite metadata; image marked corrupt"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Write guest data at `offset` (range already checked).
+    pub(crate) fn write_guest(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_writable()?;
+        let cs = self.cluster_size;
+        let mut pieces = Vec::new();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let g = offset + done as u64;
+            let in_cluster = (g % cs) as usize;
+            let len = (cs as usize - in_cluster).min(buf.len() - done);
+            let (old, _) = self.lookup(g)?;
+            pieces.push(Piece {
+                guest: g - in_cluster as u64,
+                in_cluster,
+                src: done,
+                len,
+                old,
+            });
+            done += len;
+        }
+        // Writes in place to clusters we own: no metadata changes at all.
+        let (in_place, alloc): (Vec<Piece>, Vec<Piece>) = pieces
+            .into_iter()
+            .partition(|p| matches!(p.old, Mapping::Data { copied: true, .. }));
+        let flen = if in_place.is_empty() {
+            0
+        } else {
+            file_len(&self.file)?
+        };
+        for p in &in_place {
+            let Mapping::Data { host, .. } = p.old else {
+                unreachable!()
+            };
+            if host >= flen {
+                self.mark_corrupt();
+                return Err(Error::Corrupt(format!(
+                    "data cluster for guest offset {:#x} lies beyond the end of the file; image marked corrupt",
+                    p.guest
+                )));
+            }
+            let at = host + p.in_cluster as u64;
+            self.check_overlap(at, p.len as u64)?;
+            write_full(&self.file, &buf[p.src..p.src + p.len], at)?;
+        }
+        if alloc.is_empty() {
+            return Ok(());
+        }
+        self.zcache = None;
+
+        // 1. Refcounts for the new data clusters and new L2 tables, flushed before
+        //    anything points to them.
+        let mut new_l2: Vec<usize> = alloc
+            .iter()
+            .map(|p| self.indices(p.guest).0)
+            .filter(|&i| self.l1[i] & L1_OFFSET_MASK == 0)
+            .collect();
+        new_l2.dedup();
+        // L2 tables first, then data, as QEMU allocates them.
+        let n = alloc.len() as u64;
+        let nl2 = new_l2.len() as u64;
+        let l2_start = if nl2 == 0 {
+            0
+        } else {
+            self.alloc_clusters(nl2, &[])?
+        };
+        let l2_range = l2_start..l2_start + nl2;
+        let data_start = self.alloc_clusters(n, std::slice::from_ref(&l2_range))?;
+        self.check_overlap(data_start * cs, n * cs)?;
+        for k in 0..new_l2.len() as u64 {
+            self.check_overlap((l2_start + k) * cs, cs)?;
+        }
+        sync(&self.file)?;
+
+        // 2. The data, with the untouched parts of each cluster copied from where they
+        //    came from, and the new L2 tables; flushed before the entries pointing to them.
+        let mut data = vec![0u8; (n * cs) as usize];
+        for (k, p) in alloc.iter().enumerate() {
+            let c = &mut data[k * cs as usize..(k + 1) * cs as usize];
+            if p.len < cs as usize {
+                self.read_old(p.old, p.guest, c)?;
+            }
+            c[p.in_cluster..p.in_cluster + p.len].copy_from_slice(&buf[p.src..p.src + p.len]);
+            let past_end = self.h.size.saturating_sub(p.guest);
+            if past_end < cs {
+                c[past_end as usize..].fill(0);
+            }
+        }
+        write_full(&self.file, &data, data_start * cs)?;
+        drop(data);
+        let entry_words = self.h.l2_entries() as usize;
+        for k in 0..new_l2.len() {
+            let off = (l2_start + k as u64) * cs;
+            self.l2_cache.insert(off, vec![0u64; entry_words]);
+        }
+        // Fill in the L2 entries (in memory), remembering which ranges changed.
+        let mut dirty: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        let mut frees = Vec::new();
+        for (k, p) in alloc.iter().enumerate() {
+            let (i1, i2) = self.indices(p.guest);
+            let l2off = match new_l2.iter().position(|&x| x == i1) {
+                Some(j) => (l2_start + j as u64) * cs,
+                None => self.l1[i1] & L1_OFFSET_MASK,
+            };
+            let host = (data_start + k as u64) * cs;
+            self.l2_table(l2off)?[i2] = host | OFLAG_COPIED;
+            let d = dirty.entry(l2off).or_insert((i2, i2));
+            d.0 = d.0.min(i2);
+            d.1 = d.1.max(i2);
+            frees.push(p.old);
+        }
+        for (k, _) in new_l2.iter().enumerate() {
+            let off = (l2_start + k as u64) * cs;
+            let bytes: Vec<u8> = self
+                .l2_table(off)?
+                .iter()
+                .flat_map(|e| e.to_be_bytes())
+                .collect();
+            write_full(&self.file, &bytes, off)?;
+            dirty.remove(&off);
+        }
+        sync(&self.file)?;
+
+        // 3. The references: changed entries of existing L2 tables, then L1 entries.
+        for (off, (lo, hi)) in dirty {
+            let bytes: Vec<u8> = self.l2_table(off)?[lo..=hi]
+                .iter()
+                .flat_map(|e| e.to_be_bytes())
+                .collect();
+            write_full(&self.file, &bytes, off + lo as u64 * 8)?;
+        }
+        for (k, &i1) in new_l2.iter().enumerate() {
+            let off = (l2_start + k as u64) * cs;
+            let e = off | OFLAG_COPIED;
+            write_full(
+                &self.file,
+                &e.to_be_bytes(),
+                self.h.l1_table_offset + 8 * i1 as u64,
+            )?;
+            self.l1[i1] = e;
+            self.meta.insert(off / cs);
+        }
+        self.free_old(&frees)
+    }
+
+    /// Fill `c` (one cluster) with what guest cluster `guest` held before, per `old`.
+    fn read_old(&mut self, old: Mapping, guest: u64, c: &mut [u8]) -> Result<()> {
+        match old {
+            Mapping::Unallocated => self.read_backing(c, guest),
+            Mapping::Zero { .. } => {
+                c.fill(0);
+                Ok(())
+            }
+            Mapping::Data { host, .. } => read_full(&self.file, c, host),
+            Mapping::Compressed { offset, size } => {
+                let d = self.decompress(offset, size)?;
+                c.copy_from_slice(d);
+                Ok(())
+            }
+        }
+    }
+
+    /// Drop the references the old mappings held, after flushing the new references.
+    fn free_old(&mut self, olds: &[Mapping]) -> Result<()> {
+        let cs = self.cluster_size;
+        let mut clusters = Vec::new();
+        for m in olds {
+            match *m {
+                Mapping::Zero { host } if host != 0 => clusters.push(host / cs),
+                Mapping::Data { host, .. } => clusters.push(host / cs),
+                Mapping::Compressed { offset, size } => {
+                    clusters.extend(offset / cs..=(offset + size - 1) / cs)
+                }
+                _ => {}
+            }
+        }
+        if clusters.is_empty() {
+            return Ok(());
+        }
+        sync(&self.file)?;
+        for c in clusters {
+            self.update_refcount(c, -1, &[])?;
+            if self.refcount(c)? == 0 {
+                punch_hole(&self.file, c * cs, cs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Give guest L1 index `i1` an (empty) L2 table if it has none; returns its offset.
+    fn ensure_l2(&mut self, i1: usize) -> Result<u64> {
+        let cur = self.l1[i1] & L1_OFFSET_MASK;
+        if cur != 0 {
+            return Ok(cur);
+        }
+        let cs = self.cluster_size;
+        let c = self.alloc_clusters(1, &[])?;
+        self.check_overlap(c * cs, cs)?;
+        sync(&self.file)?;
+        write_full(&self.file, &vec![0u8; cs as usize], c * cs)?;
+        sync(&self.file)?;
+        let e = (c * cs) | OFLAG_COPIED;
+        write_full(
+            &self.file,
+            &e.to_be_bytes(),
+            self.h.l1_table_offset + 8 * i1 as u64,
+        )?;
+        self.l1[i1] = e;
+        self.meta.insert(c);
+        self.l2_cache
+            .insert(c * cs, vec![0u64; self.h.l2_entries() as usize]);
+        Ok(c * cs)
+    }
+
+    /// Make `len` bytes at `offset` read as zeros, deallocating whole clusters.
+    pub(crate) fn zero_guest(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        let cs = self.cluster_size;
+        let end = offset + len;
+        // Whole clusters; the last cluster of the disk counts as whole if it ends there.
+        let a = offset.div_ceil(cs) * cs;
+        let b = if end == self.h.size {
+            end.div_ceil(cs) * cs
+        } else {
+            end / cs * cs
+        };
+        let has_backing = self.backing.is_some() || self.h.backing_file.is_some();
+        if a >= b || (has_backing && self.h.version < 3) {
+            return self.write_zero_bytes(offset, len);
+        }
+        self.write_zero_bytes(offset, a - offset)?;
+        self.write_zero_bytes(b.min(end), end - b.min(end))?;
+        self.zcache = None;
+        let new_entry = if has_backing { OFLAG_ZERO } else { 0 };
+        let mut dirty: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        let mut frees = Vec::new();
+        let mut g = a;
+        while g < b {
+            let (i1, i2) = self.indices(g);
+            let (old, _) = self.lookup(g)?;
+            let already = match old {
+                Mapping::Zero { host: 0 } => true,
+                Mapping::Unallocated => !has_backing,
+                _ => false,
+            };
+            if !already {
+                let l2off = self.ensure_l2(i1)?;
+                self.l2_table(l2off)?[i2] = new_entry;
+                let d = dirty.entry(l2off).or_insert((i2, i2));
+                d.0 = d.0.min(i2);
+                d.1 = d.1.max(i2);
+                frees.push(old);
+            }
+            g += cs;
+        }
+        for (off, (lo, hi)) in dirty {
+            let bytes: Vec<u8> = self.l2_table(off)?[lo..=hi]
+                .iter()
+                .flat_map(|e| e.to_be_bytes())
+                .collect();
+            write_full(&self.file, &bytes, off + lo as u64 * 8)?;
+        }
+        self.free_old(&frees)
+    }
+
+    fn write_zero_bytes(&mut self, offset: u64, len: u64) -> Result<()> {
+        let chunk = 1u64 << 20;
+        let zeros = vec![0u8; chunk.min(len) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = chunk.min(offset + len - at);
+            self.write_guest(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Raw image files: device byte N is file byte N. Sparse-aware: zeroing and discarding punch
+//! holes (`fallocate`), falling back to writing zeros where the file system cannot.
+
+use crate::fileio::{file_len, read_full, sync, write_full, zero_range};
+use crate::{check_range, BlockDevice, Error, Extent, Format, Result};
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// A raw image file.
+#[derive(Debug)]
+pub struct RawFile {
+    file: File,
+    size: u64,
+    read_only: bool,
+}
+
+impl RawFile {
+    /// Open `path` as a raw image.
+    pub fn open(path: &Path, read_only: bool) -> Result<RawFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| Error::io(path.display().to_string(), e))?;
+        Self::from_file(file, read_only)
+    }
+
+    /// Use an already open file as a raw image.
+    pub fn from_file(file: File, read_only: bool) -> Result<RawFile> {
+        let size = file_len(&file)?;
+        Ok(RawFile {
+            file,
+            size,
+            read_only,
+        })
+    }
+
+    /// Create (or truncate) `path` as a sparse raw image of `size` bytes.
+    pub fn create(path: &Path, size: u64) -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(path.display().to_string(), e))?;
+        file.set_len(size)
+            .map_err(|e| Error::io(format!("{}: set length", path.display()), e))?;
+        Ok(())
+    }
+
+    /// Change the size of the image (new space reads as zeros).
+    pub fn resize(&mut self, size: u64) -> Result<()> {
+        self.check_writable()?;
+        self.file
+            .set_len(size)
+            .map_err(|e| Error::io("set length", e))?;
+        self.size = size;
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly("image is open read-only".into()));
+        }
+        Ok(())
+    }
+
+    /// The next offset at or after `offset` where a data (`SEEK_DATA`) or hole
+    /// (`SEEK_HOLE`) region starts, or None if the file system cannot tell.
+    fn seek(&self, offset: u64, whence: i32) -> Option<u64> {
+        let off = i64::try_from(offset).ok()?;
+        // SAFETY: lseek only takes integers; the descriptor is owned by self.file. Moving
+        // the file position is harmless since all our I/O is positioned (pread/pwrite).
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        u64::try_from(r).ok()
+    }
+}
+
+impl BlockDevice for RawFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        read_full(&self.file, buf, offset)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(offset, buf.len() as u64, self.size)?;
+        write_full(&self.file, buf, offset)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        sync(&self.file)
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(offset, len)
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range(offset, len, self.size)?;
+        zero_range(&self.file, offset, len)
+    }
+
+    fn extent(&mut self, offset: u64, len: u64) -> Result<(Extent, u64)> {
+        check_range(offset, len, self.size)?;
+        let end = offset + len;
+        match self.seek(offset, libc::SEEK_DATA) {
+            // Inside a hole: it lasts until the next data (or the end of the file).
+            Some(data) if data > offset => Ok((Extent::Zero, data.min(end) - offset)),
+            Some(_) => {
+                let hole = self.seek(offset, libc::SEEK_HOLE).unwrap_or(end);
+                Ok((Extent::Data, hole.clamp(offset + 1, end) - offset))
+            }
+            // ENXIO: no data after offset at all.
+            None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => {
+                Ok((Extent::Zero, len))
+            }
+            None => Ok((Extent::Data, len)),
+        }
+    }
+}

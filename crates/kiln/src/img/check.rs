@@ -1,0 +1,119 @@
+//! `kiln img check`: qcow2 refcount verification with qemu-img's report and exit statuses
+//! (0 clean, 2 corruptions, 3 leaked clusters only).
+
+use super::parse_format;
+use kiln_block::qcow2::check::CheckReport;
+use kiln_block::Format;
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Serialize)]
+struct JsonReport {
+    filename: String,
+    format: &'static str,
+    #[serde(rename = "check-errors")]
+    check_errors: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    corruptions: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    leaks: u64,
+    #[serde(rename = "image-end-offset")]
+    image_end_offset: u64,
+    #[serde(rename = "total-clusters")]
+    total_clusters: u64,
+    #[serde(rename = "allocated-clusters")]
+    allocated_clusters: u64,
+    #[serde(rename = "fragmented-clusters")]
+    fragmented_clusters: u64,
+    #[serde(rename = "compressed-clusters")]
+    compressed_clusters: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn pct(n: u64, d: u64) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / d as f64
+    }
+}
+
+/// `kiln img check`.
+pub(super) fn check(format: Option<&str>, output: &str, file: &Path) -> Result<u8, String> {
+    if output != "human" && output != "json" {
+        return Err(format!("--output must be human or json, not '{output}'"));
+    }
+    let format = match parse_format(format)? {
+        Some(f) => f,
+        None => kiln_block::probe(file).map_err(|e| e.to_string())?,
+    };
+    if format != Format::Qcow2 {
+        return Err(format!(
+            "{}: format '{format}' does not support checks",
+            file.display()
+        ));
+    }
+    let r: CheckReport = kiln_block::qcow2::check::check(file).map_err(|e| e.to_string())?;
+    let status = if r.check_errors > 0 {
+        1
+    } else if r.corruptions > 0 {
+        2
+    } else if r.leaks > 0 {
+        3
+    } else {
+        0
+    };
+    if output == "json" {
+        let j = JsonReport {
+            filename: file.display().to_string(),
+            format: "qcow2",
+            check_errors: r.check_errors,
+            corruptions: r.corruptions,
+            leaks: r.leaks,
+            image_end_offset: r.image_end_offset,
+            total_clusters: r.total_clusters,
+            allocated_clusters: r.allocated_clusters,
+            fragmented_clusters: r.fragmented_clusters,
+            compressed_clusters: r.compressed_clusters,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&j).map_err(|e| e.to_string())?
+        );
+        return Ok(status);
+    }
+    for m in &r.messages {
+        eprintln!("{m}");
+    }
+    let mut out = String::new();
+    if status == 0 {
+        out += "No errors were found on the image.\n";
+    } else {
+        if r.corruptions > 0 {
+            out += &format!(
+                "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
+                r.corruptions
+            );
+        }
+        if r.leaks > 0 {
+            out += &format!(
+                "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
+                r.leaks
+            );
+        }
+    }
+    out += &format!(
+        "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters\nImage end offset: {}\n",
+        r.allocated_clusters,
+        r.total_clusters,
+        pct(r.allocated_clusters, r.total_clusters),
+        pct(r.fragmented_clusters, r.allocated_clusters),
+        pct(r.compressed_clusters, r.allocated_clusters),
+        r.image_end_offset
+    );
+    print!("{out}");
+    Ok(status)
+}

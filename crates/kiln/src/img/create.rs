@@ -1,0 +1,220 @@
+//! `kiln img create` and `kiln img convert`: new images from options (qemu-img's `-o`
+//! names) and copies between formats that keep zeros sparse.
+
+use super::{open_image, parse_format, parse_size};
+use kiln_block::qcow2::{self, Compression, CreateOptions};
+use kiln_block::raw::RawFile;
+use kiln_block::{BlockDevice, Extent, Format, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!(
+            "parameter '{name}' expects 'on' or 'off', not '{v}'"
+        )),
+    }
+}
+
+/// Apply `-o name=value,...` options to `opts` (and the backing fields).
+fn apply_options(
+    format: Format,
+    options: &[String],
+    opts: &mut CreateOptions,
+) -> Result<(), String> {
+    for item in options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("invalid option '{item}' (expected name=value)"))?;
+        match (format, k) {
+            (_, "preallocation") if v == "off" => {}
+            (_, "preallocation") => {
+                return Err(format!(
+                    "preallocation mode '{v}' is not supported yet (only off)"
+                ))
+            }
+            (_, "size") => opts.size = parse_size(v)?,
+            (Format::Qcow2, "cluster_size") => opts.cluster_size = parse_size(v)?,
+            (Format::Qcow2, "compat") => {
+                opts.version = match v {
+                    "0.10" | "v2" => 2,
+                    "1.1" | "v3" => 3,
+                    _ => return Err(format!("invalid compat level '{v}' (0.10 or 1.1)")),
+                }
+            }
+            (Format::Qcow2, "lazy_refcounts") => opts.lazy_refcounts = parse_bool(k, v)?,
+            (Format::Qcow2, "extended_l2") => opts.extended_l2 = parse_bool(k, v)?,
+            (Format::Qcow2, "refcount_bits") => {
+                opts.refcount_bits = v
+                    .parse()
+                    .map_err(|_| format!("invalid refcount_bits '{v}'"))?
+            }
+            (Format::Qcow2, "compression_type") => {
+                opts.compression = match v {
+                    "zlib" => Compression::Zlib,
+                    "zstd" => Compression::Zstd,
+                    _ => return Err(format!("invalid compression_type '{v}' (zlib or zstd)")),
+                }
+            }
+            (Format::Qcow2, "backing_file") => opts.backing_file = Some(v.to_string()),
+            (Format::Qcow2, "backing_fmt") => opts.backing_format = Some(v.to_string()),
+            _ => return Err(format!("invalid parameter '{k}' for format {format}")),
+        }
+    }
+    Ok(())
+}
+
+/// `kiln img create`.
+pub(super) fn create(
+    format: &str,
+    options: &[String],
+    backing: Option<String>,
+    backing_format: Option<String>,
+    file: &Path,
+    size: Option<&str>,
+) -> Result<u8, String> {
+    let format = Format::from_name(format).map_err(|e| e.to_string())?;
+    let mut opts = CreateOptions {
+        size: u64::MAX,
+        ..Default::default()
+    };
+    apply_options(format, options, &mut opts)?;
+    if backing.is_some() {
+        opts.backing_file = backing;
+    }
+    if backing_format.is_some() {
+        opts.backing_format = backing_format;
+    }
+    if let Some(s) = size {
+        opts.size = parse_size(s)?;
+    }
+    if opts.backing_file.is_some() && format == Format::Raw {
+        return Err("raw images cannot have a backing file".into());
+    }
+    if let Some(name) = opts.backing_file.clone() {
+        // The backing file must open; its size is the default size.
+        let bpath = kiln_block::resolve_backing(file, &name);
+        let bfmt = parse_format(opts.backing_format.as_deref())?;
+        let bopts = OpenOptions {
+            read_only: true,
+            format: bfmt,
+            no_backing: false,
+        };
+        let b = kiln_block::open(&bpath, &bopts)
+            .map_err(|e| format!("could not open backing file: {e}"))?;
+        if opts.backing_format.is_none() {
+            opts.backing_format = Some(b.format().name().to_string());
+        }
+        if opts.size == u64::MAX {
+            opts.size = b.size();
+        }
+    }
+    if opts.size == u64::MAX {
+        return Err("image size must be given".into());
+    }
+    match format {
+        Format::Raw => RawFile::create(file, opts.size),
+        Format::Qcow2 => qcow2::create(file, &opts),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(0)
+}
+
+/// Arguments of `kiln img convert`.
+pub(super) struct ConvertArgs<'a> {
+    pub format: Option<&'a str>,
+    pub out_format: &'a str,
+    pub options: &'a [String],
+    pub compress: bool,
+    pub progress: bool,
+    pub src: &'a Path,
+    pub dst: &'a Path,
+}
+
+/// Granularity at which zero runs are skipped in the output.
+const ZERO_GRAIN: usize = 64 << 10;
+/// Bytes copied per step.
+const CHUNK: u64 = 2 << 20;
+
+/// `kiln img convert`.
+pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
+    if a.compress {
+        return Err("compressed output (-c) is not supported yet".into());
+    }
+    let out_format = Format::from_name(a.out_format).map_err(|e| e.to_string())?;
+    let mut src = open_image(a.src, a.format, true)?;
+    let size = src.size();
+    let mut opts = CreateOptions::default();
+    apply_options(out_format, a.options, &mut opts)?;
+    if opts.backing_file.is_some() {
+        return Err("convert does not support a backing file for the output yet".into());
+    }
+    match out_format {
+        Format::Raw => RawFile::create(a.dst, size),
+        Format::Qcow2 => {
+            opts.size = size.div_ceil(512) * 512;
+            qcow2::create(a.dst, &opts)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    let dopts = OpenOptions {
+        read_only: false,
+        format: Some(out_format),
+        no_backing: true,
+    };
+    let mut dst = kiln_block::open(a.dst, &dopts).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut off = 0u64;
+    let mut last_pct = u64::MAX;
+    while off < size {
+        let (kind, n) = src
+            .extent(off, (size - off).min(CHUNK))
+            .map_err(|e| e.to_string())?;
+        let n = n.max(1);
+        if kind != Extent::Zero {
+            let b = &mut buf[..n as usize];
+            src.read_at(b, off).map_err(|e| e.to_string())?;
+            write_nonzero(dst.as_mut(), b, off)?;
+        }
+        off += n;
+        if a.progress {
+            let pct = off * 10000 / size.max(1);
+            if pct != last_pct {
+                last_pct = pct;
+                eprint!("    ({}.{:02}/100%)\r", pct / 100, pct % 100);
+                let _ = std::io::stderr().flush();
+            }
+        }
+    }
+    if a.progress {
+        eprintln!("    (100.00/100%)");
+    }
+    dst.flush().map_err(|e| e.to_string())?;
+    Ok(0)
+}
+
+/// Write the non-zero runs of `b` (at `ZERO_GRAIN` granularity) to `dst` at `off`.
+fn write_nonzero(dst: &mut dyn BlockDevice, b: &[u8], off: u64) -> Result<(), String> {
+    let mut i = 0;
+    while i < b.len() {
+        let zero = |j: usize| b[j..(j + ZERO_GRAIN).min(b.len())].iter().all(|&x| x == 0);
+        if zero(i) {
+            i += ZERO_GRAIN;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !zero(i) {
+            i += ZERO_GRAIN;
+        }
+        let end = i.min(b.len());
+        dst.write_at(&b[start..end], off + start as u64)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! `kiln img info`: what an image is, in qemu-img's human layout or its JSON keys.
+
+use super::parse_format;
+use kiln_block::qcow2::Qcow2;
+use kiln_block::{BlockDevice, Format};
+use serde::Serialize;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// qcow2-specific data, with qemu-img's keys.
+#[derive(Serialize)]
+struct Qcow2Data {
+    compat: &'static str,
+    #[serde(rename = "compression-type")]
+    compression_type: &'static str,
+    #[serde(rename = "lazy-refcounts", skip_serializing_if = "Option::is_none")]
+    lazy_refcounts: Option<bool>,
+    #[serde(rename = "refcount-bits")]
+    refcount_bits: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corrupt: Option<bool>,
+    #[serde(rename = "extended-l2", skip_serializing_if = "Option::is_none")]
+    extended_l2: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct FormatSpecific {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    data: Qcow2Data,
+}
+
+/// The image description, with qemu-img's JSON keys and order.
+#[derive(Serialize)]
+struct ImageInfo {
+    #[serde(
+        rename = "backing-filename-format",
+        skip_serializing_if = "Option::is_none"
+    )]
+    backing_filename_format: Option<String>,
+    #[serde(rename = "virtual-size")]
+    virtual_size: u64,
+    filename: String,
+    #[serde(rename = "cluster-size", skip_serializing_if = "Option::is_none")]
+    cluster_size: Option<u64>,
+    format: &'static str,
+    #[serde(rename = "actual-size")]
+    actual_size: u64,
+    #[serde(rename = "format-specific", skip_serializing_if = "Option::is_none")]
+    format_specific: Option<FormatSpecific>,
+    #[serde(
+        rename = "full-backing-filename",
+        skip_serializing_if = "Option::is_none"
+    )]
+    full_backing_filename: Option<String>,
+    #[serde(rename = "backing-filename", skip_serializing_if = "Option::is_none")]
+    backing_filename: Option<String>,
+    #[serde(rename = "dirty-flag")]
+    dirty_flag: bool,
+}
+
+/// qemu's size_to_str: three significant digits and a binary unit ("196 KiB").
+pub(crate) fn human_size(v: u64) -> String {
+    const UNITS: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    let mut i = 0;
+    // Switch to the next unit once the number would reach 1000.
+    while i < 6 && v as f64 >= 1000.0 * (1u64 << (10 * i)) as f64 {
+        i += 1;
+    }
+    let x = v as f64 / (1u64 << (10 * i)) as f64;
+    let digits = if x >= 100.0 {
+        0
+    } else if x >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let mut s = format!("{x:.digits$}");
+    if s.contains('.') {
+        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{s} {}B", UNITS[i])
+}
+
+fn gather(format: Option<&str>, file: &Path) -> Result<ImageInfo, String> {
+    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let format = match parse_format(format)? {
+        Some(f) => f,
+        None => kiln_block::probe(file).map_err(|e| e.to_string())?,
+    };
+    let mut info = ImageInfo {
+        backing_filename_format: None,
+        virtual_size: meta.len(),
+        filename: file.display().to_string(),
+        cluster_size: None,
+        format: format.name(),
+        actual_size: meta.blocks() * 512,
+        format_specific: None,
+        full_backing_filename: None,
+        backing_filename: None,
+        dirty_flag: false,
+    };
+    if format == Format::Qcow2 {
+        let img = Qcow2::open(file, true).map_err(|e| e.to_string())?;
+        let h = img.header();
+        info.virtual_size = img.size();
+        info.cluster_size = Some(h.cluster_size());
+        info.dirty_flag = h.incompatible_features & kiln_block::qcow2::header::INCOMPAT_DIRTY != 0;
+        if let Some(b) = img.backing_file() {
+            info.backing_filename = Some(b.to_string());
+            info.full_backing_filename =
+                Some(kiln_block::resolve_backing(file, b).display().to_string());
+            info.backing_filename_format = img.backing_format().map(str::to_string);
+        }
+        let v3 = h.version >= 3;
+        info.format_specific = Some(FormatSpecific {
+            ty: "qcow2",
+            data: Qcow2Data {
+                compat: if h.version >= 3 { "1.1" } else { "0.10" },
+                compression_type: h.compression.name(),
+                // qemu-img shows these for v3 images only.
+                lazy_refcounts: v3.then(|| h.lazy_refcounts()),
+                refcount_bits: h.refcount_bits(),
+                corrupt: v3.then_some(
+                    h.incompatible_features & kiln_block::qcow2::header::INCOMPAT_CORRUPT != 0,
+                ),
+                extended_l2: v3.then(|| h.extended_l2()),
+            },
+        });
+    }
+    Ok(info)
+}
+
+/// `kiln img info`.
+pub(super) fn info(format: Option<&str>, output: &str, file: &Path) -> Result<u8, String> {
+    if output != "human" && output != "json" {
+        return Err(format!("--output must be human or json, not '{output}'"));
+    }
+    let i = gather(format, file)?;
+    if output == "json" {
+        let s = serde_json::to_string_pretty(&i).map_err(|e| e.to_string())?;
+        println!("{s}");
+        return Ok(0);
+    }
+    let mut out = format!(
+        "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
+        i.filename,
+        i.format,
+        human_size(i.virtual_size),
+        i.virtual_size,
+        human_size(i.actual_size)
+    );
+    if let Some(cs) = i.cluster_size {
+        out += &format!("cluster_size: {cs}\n");
+    }
+    if let Some(b) = &i.backing_filename {
+        let full = i.full_backing_filename.as_deref().unwrap_or(b);
+        if full != b {
+            out += &format!("backing file: {b} (actual path: {full})\n");
+        } else {
+            out += &format!("backing file: {b}\n");
+        }
+    }
+    if let Some(f) = &i.backing_filename_format {
+        out += &format!("backing file format: {f}\n");
+    }
+    if let Some(fs) = &i.format_specific {
+        let d = &fs.data;
+        out += &format!(
+            "Format specific information:\n    compat: {}\n    compression type: {}\n",
+            d.compat, d.compression_type
+        );
+        if let Some(l) = d.lazy_refcounts {
+            out += &format!("    lazy refcounts: {l}\n");
+        }
+        out += &format!("    refcount bits: {}\n", d.refcount_bits);
+        if let Some(c) = d.corrupt {
+            out += &format!("    corrupt: {c}\n");
+        }
+        if let Some(e) = d.extended_l2 {
+            out += &format!("    extended l2: {e}\n");
+        }
+    }
+    print!("{out}");
+    Ok(0)
+}
