@@ -6,8 +6,16 @@
 //! to stderr, the results (Markdown for BENCHMARKS.md, or JSON) to stdout. The command
 //! fails if a peer is missing or most of its runs are invalid, not when a target is
 //! missed: benchmarks are not tests. This file owns argument parsing and set-up.
+//!
+//! `cargo xtask bench linux [--runs N] [--kiln PATH]` boots Debian's kernel to a
+//! userspace marker and to power-off, Kiln vs QEMU `-M microvm` (also with `rtc=on`) and
+//! `-M q35`, on a real KVM (the test rig's L1 on machines without hardware
+//! virtualization); see `linux`.
 
 mod bench;
+mod linux;
+mod linux_report;
+mod linux_trace;
 mod peers;
 mod report;
 mod sys;
@@ -24,11 +32,17 @@ use peers::Env;
 
 const USAGE: &str = "\
 usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output markdown|json]
+       cargo xtask bench linux [--runs N] [--kiln PATH]
 
   startup   wall time from process start to the tiny guest's exit, and to the
             first KVM_RUN (under strace), Kiln vs qemu-system-x86_64 -M microvm
   memory    Kiln's peak RSS minus guest pages touched, vs QEMU's peak RSS
   all       both (the default)
+  linux     Debian's kernel to a userspace marker and to power-off, Kiln vs
+            QEMU -M microvm, microvm,rtc=on and q35, on a real KVM (the rig's
+            L1 on machines without hardware virtualization);
+            --runs defaults to 10, --kiln uses a prebuilt kiln binary;
+            Markdown only; takes ~1 min per run in the rig
 
   --runs N     measured runs per peer (default 20)
   --warmup N   discarded warm-up runs per peer (default 3)
@@ -91,7 +105,7 @@ fn parse_bench(args: &[String]) -> Result<BenchArgs> {
 }
 
 /// The workspace root (xtask lives one level below it).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask has a parent directory")
@@ -99,7 +113,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Build Kiln in release mode and return the binary's path.
-fn build_kiln(root: &Path) -> Result<PathBuf> {
+pub(crate) fn build_kiln(root: &Path) -> Result<PathBuf> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("[xtask] cargo build --release -p kiln");
     let status = Command::new(cargo)
@@ -140,6 +154,9 @@ fn preflight(need_strace: bool) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("linux") {
+        return linux::bench(&workspace_root(), &args[1..]);
+    }
     let opts = parse_bench(args)?;
     preflight(opts.startup)?;
     let root = workspace_root();

@@ -1,7 +1,8 @@
 //! The rig's L1: an initramfs holding busybox, the KVM modules, the kiln binary with
-//! its shared libraries and every run's files; an `/init` that loads kvm-amd and runs
-//! the batch; QEMU (TCG, AMD-V with nested paging) to boot it; and the parser that turns
-//! L1's serial console back into [`RunResult`]s.
+//! its shared libraries, the batch's carried programs (with theirs) and files, and
+//! every run's files; an `/init` that loads kvm-amd and runs the batch; QEMU (TCG, AMD-V
+//! with nested paging) to boot it; and the parser that turns L1's serial console back
+//! into [`RunResult`]s.
 //!
 //! Console protocol (one line each, `<i>` is the run's index): `KILN-RIG-KVM-READY`
 //! (or `KILN-RIG-NO-KVM` then a dmesg tail), then per run `KILN-RIG-BEGIN <i>`,
@@ -37,7 +38,7 @@ pub(crate) fn execute(batch: &Batch, qemu: &Path) -> Result<BatchResult> {
     tree.file("/init", 0o755, init_script(batch, &args));
     let initrd = artifacts_dir().join(format!("rig-l1-{}.cpio", std::process::id()));
     tree.write_file(&initrd)?;
-    let booted = boot(qemu, &arts, &initrd, started + batch.deadline());
+    let booted = boot(qemu, &arts, &initrd, started + batch.deadline(), batch);
     let _ = std::fs::remove_file(&initrd);
     let (console, boot_seconds, problem) = booted?;
     let log = artifacts_dir().join("rig-last-console.log");
@@ -81,6 +82,20 @@ fn build_tree(batch: &Batch, arts: &Artifacts) -> Result<(Initramfs, Vec<Vec<Str
     for lib in shared_libraries(&batch.kiln)? {
         let at = lib.to_string_lossy().into_owned();
         tree.file(&at, 0o755, lib.as_path());
+    }
+    for c in &batch.carried {
+        let at = c.path.to_string_lossy().into_owned();
+        let real = c
+            .path
+            .canonicalize()
+            .ctx(|| format!("carried file {}", c.path.display()))?;
+        tree.file(&at, if c.program { 0o755 } else { 0o644 }, real.as_path());
+        if c.program {
+            for lib in shared_libraries(&c.path)? {
+                let at = lib.to_string_lossy().into_owned();
+                tree.file(&at, 0o755, lib.as_path());
+            }
+        }
     }
     // Host files are copied once however many runs use them.
     let mut host_files: HashMap<std::path::PathBuf, String> = HashMap::new();
@@ -194,7 +209,7 @@ dump() {
 echo "KILN-RIG-BEGIN {i}"
 rm -f /rig/out/timedout
 read t0 _ < /proc/uptime
-/rig/bin/kiln {argv} < {stdin} > /rig/out/{i}.out 2> /rig/out/{i}.err &
+{program} {argv} < {stdin} > /rig/out/{i}.out 2> /rig/out/{i}.err &
 pid=$!
 ( sleep {timeout}; kill -0 $pid 2>/dev/null && {{ : > /rig/out/timedout; kill -TERM $pid; sleep 5; kill -9 $pid 2>/dev/null; }} ) &
 dog=$!
@@ -210,6 +225,10 @@ dmesg -c | sed 's/^/KILN-RIG-KMSG {i} /'
 echo "KILN-RIG-END {i}"
 "#,
             argv = argv.join(" "),
+            program = match &spec.program {
+                Some(p) => quote(&p.to_string_lossy()),
+                None => "/rig/bin/kiln".into(),
+            },
             timeout = spec.timeout_secs,
         ));
     }
@@ -224,6 +243,7 @@ fn boot(
     arts: &Artifacts,
     initrd: &Path,
     deadline: Instant,
+    batch: &Batch,
 ) -> Result<(String, Option<f64>, Option<String>)> {
     let mut cmd = Command::new(qemu);
     cmd.args([
@@ -283,6 +303,13 @@ fn boot(
                 if boot_seconds.is_none() && line.starts_with("KILN-RIG-BEGIN ") {
                     boot_seconds = Some(started.elapsed().as_secs_f64());
                 }
+                if let Some(p) = &batch.progress {
+                    if let Some((i, status, secs)) = status_line(&line) {
+                        if let Some(spec) = batch.runs.get(i) {
+                            (p.0)(&spec.name, status, secs);
+                        }
+                    }
+                }
                 console.push_str(&line);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -305,6 +332,17 @@ fn boot(
         ));
     }
     Ok((console, boot_seconds, problem))
+}
+
+/// A `KILN-RIG-STATUS` line as (run index, status, seconds); status `None` when the
+/// run timed out.
+fn status_line(line: &str) -> Option<(usize, Option<i32>, f64)> {
+    let rest = line.trim().strip_prefix("KILN-RIG-STATUS ")?;
+    let v: Vec<&str> = rest.split_whitespace().collect();
+    let num = |k: usize| v.get(k).and_then(|x| x.parse::<f64>().ok());
+    let (i, st, to, t0, t1) = (v.first()?.parse().ok()?, num(1)?, num(2)?, num(3)?, num(4)?);
+    let status = (to == 0.0).then_some(st as i32);
+    Some((i, status, ((t1 - t0) * 100.0).round() / 100.0))
 }
 
 /// Turn L1's console into one result per run.
@@ -343,13 +381,10 @@ fn parse_console(console: &str, batch: &Batch) -> Result<Vec<RunResult>> {
                 let rest: Vec<&str> = words.collect();
                 match tag {
                     "KILN-RIG-STATUS" => {
-                        let num = |k: usize| rest.get(k).and_then(|v| v.parse::<f64>().ok());
-                        let (st, to, t0, t1) = (num(0), num(1), num(2), num(3));
-                        let (Some(st), Some(to), Some(t0), Some(t1)) = (st, to, t0, t1) else {
-                            return Err(err!("bad status line {line:?}"));
-                        };
-                        run.status = (to == 0.0).then_some(st as i32);
-                        run.seconds = ((t1 - t0) * 100.0).round() / 100.0;
+                        let (_, status, seconds) =
+                            status_line(line).ok_or_else(|| err!("bad status line {line:?}"))?;
+                        run.status = status;
+                        run.seconds = seconds;
                     }
                     "KILN-RIG-KMSG" => {
                         run.l1_kernel_log.push_str(&rest.join(" "));
@@ -456,6 +491,11 @@ mod tests {
             (r[1].status, r[1].stderr.as_slice()),
             (None, &[0u8, 255][..])
         );
+        assert_eq!(
+            status_line("KILN-RIG-STATUS 1 137 1 5 65.5\r"),
+            Some((1, None, 60.5))
+        );
+        assert_eq!(status_line("KILN-RIG-STATUS 1 x"), None);
         let short = console.replace("KILN-RIG-STDOUT 0 6", "KILN-RIG-STDOUT 0 7");
         assert!(parse_console(&short, &batch)
             .unwrap_err()

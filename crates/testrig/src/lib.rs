@@ -6,9 +6,10 @@
 //! - [`cpio`]: a newc ("070701") initramfs writer and reader.
 //! - [`initramfs`]: a file-tree builder on top of it, and the L2 (guest) initramfs with
 //!   busybox and a default `/init`.
-//! - [`rig`]: run a batch of `kiln` invocations on a real KVM: directly when this machine
-//!   has hardware virtualization, otherwise inside "L1", a Debian kernel with kvm-amd
-//!   booted by QEMU (TCG emulating AMD-V with nested paging).
+//! - [`rig`]: run a batch of `kiln` invocations (or of other programs it carries) on a
+//!   real KVM: directly when this machine has hardware virtualization, otherwise inside
+//!   "L1", a Debian kernel with kvm-amd booted by QEMU (TCG emulating AMD-V with nested
+//!   paging).
 //!
 //! This crate owns the shared error type and the cache location; see each module for
 //! the rest.

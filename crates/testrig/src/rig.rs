@@ -7,7 +7,10 @@
 //! every L1 boot costs seconds.
 //!
 //! A [`RunSpec`] is one invocation: Kiln's arguments, the files they refer to as
-//! `{file:NAME}`, standard input and a timeout. Each produces a [`RunResult`].
+//! `{file:NAME}`, standard input and a timeout. Each produces a [`RunResult`]. A run may
+//! name another program than Kiln ([`RunSpec::program`], e.g. a peer VMM for a
+//! benchmark); [`Batch::carry_program`] and [`Batch::carry_file`] bring such programs
+//! (with their shared libraries) and their data files into L1 at their host paths.
 
 use crate::initramfs::Source;
 use crate::{artifacts_dir, err, Context, Result};
@@ -15,6 +18,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where Kiln's real-KVM runs happen.
@@ -95,6 +99,8 @@ pub struct RunSpec {
     pub stdin: Option<Vec<u8>>,
     /// Kill the run (SIGKILL) after this long.
     pub timeout_secs: u64,
+    /// Run this program instead of the batch's kiln binary.
+    pub(crate) program: Option<PathBuf>,
 }
 
 impl RunSpec {
@@ -106,7 +112,16 @@ impl RunSpec {
             files: Vec::new(),
             stdin: None,
             timeout_secs: 120,
+            program: None,
         }
+    }
+
+    /// Run `path` instead of the batch's kiln binary. The path must exist where the run
+    /// happens: on a direct host as it is, in L1 through [`Batch::carry_program`] (or
+    /// busybox's applets, e.g. `/bin/sh`, which L1 always has).
+    pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.program = Some(path.into());
+        self
     }
 
     /// Carry a file, referred to in the arguments as `{file:NAME}`.
@@ -219,12 +234,38 @@ impl BatchResult {
     }
 }
 
-/// A list of runs of one `kiln` binary, executed together.
+/// A host file the batch brings into L1 at the same path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Carried {
+    /// The path, on the host and in L1.
+    pub(crate) path: PathBuf,
+    /// An executable: its `ldd` libraries come too, and it is made executable.
+    pub(crate) program: bool,
+}
+
+/// A callback told about each run as it ends: its name, status (as in
+/// [`RunResult::status`]) and seconds.
+type RunEnd = dyn Fn(&str, Option<i32>, f64) + Send + Sync;
+
+/// [`Batch::on_run_end`]'s callback.
+#[derive(Clone)]
+pub(crate) struct Progress(pub(crate) Arc<RunEnd>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+/// A list of runs of one `kiln` binary (and, optionally, other programs), executed
+/// together.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub(crate) kiln: PathBuf,
     pub(crate) runs: Vec<RunSpec>,
     pub(crate) timeout_secs: Option<u64>,
+    pub(crate) carried: Vec<Carried>,
+    pub(crate) progress: Option<Progress>,
 }
 
 impl Batch {
@@ -234,7 +275,43 @@ impl Batch {
             kiln: kiln.into(),
             runs: Vec::new(),
             timeout_secs: None,
+            carried: Vec::new(),
+            progress: None,
         }
+    }
+
+    /// Call `f(name, status, seconds)` as each run ends, while the batch goes on (long
+    /// batches, e.g. benchmarks, use it to show progress). In the rig the status and
+    /// time come from L1's console line for the run, as in its [`RunResult`].
+    pub fn on_run_end(
+        mut self,
+        f: impl Fn(&str, Option<i32>, f64) + Send + Sync + 'static,
+    ) -> Self {
+        self.progress = Some(Progress(Arc::new(f)));
+        self
+    }
+
+    /// Bring the host program at `path` (absolute) into L1 at the same path, with the
+    /// shared libraries `ldd` lists for it, for runs that name it in
+    /// [`RunSpec::program`]. A direct host already has it; there this only checks that
+    /// it exists.
+    pub fn carry_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.carried.push(Carried {
+            path: path.into(),
+            program: true,
+        });
+        self
+    }
+
+    /// Bring the host file at `path` (absolute; symlinks followed) into L1 at the same
+    /// path, e.g. a firmware image a carried program opens. A direct host already has
+    /// it; there this only checks that it exists.
+    pub fn carry_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.carried.push(Carried {
+            path: path.into(),
+            program: false,
+        });
+        self
     }
 
     /// Add a run.
@@ -271,6 +348,14 @@ impl Batch {
         if !self.kiln.is_file() {
             return Err(err!("kiln binary {} does not exist", self.kiln.display()));
         }
+        for c in &self.carried {
+            if !c.path.is_absolute() || !c.path.is_file() {
+                return Err(err!(
+                    "carried file {} is not an absolute path to a file",
+                    c.path.display()
+                ));
+            }
+        }
         match host {
             Host::Direct => self.execute_direct(),
             Host::Rig { qemu } => crate::l1::execute(self, qemu),
@@ -290,7 +375,14 @@ impl Batch {
             .runs
             .iter()
             .enumerate()
-            .map(|(i, spec)| run_direct(&self.kiln, spec, &dir, i))
+            .map(|(i, spec)| {
+                let program = spec.program.as_ref().unwrap_or(&self.kiln);
+                let r = run_direct(program, spec, &dir, i)?;
+                if let Some(p) = &self.progress {
+                    (p.0)(&r.name, r.status, r.seconds);
+                }
+                Ok(r)
+            })
             .collect::<Result<Vec<_>>>();
         let _ = std::fs::remove_dir_all(&dir);
         Ok(BatchResult {
@@ -302,8 +394,8 @@ impl Batch {
     }
 }
 
-/// Run one spec on this machine.
-fn run_direct(kiln: &Path, spec: &RunSpec, dir: &Path, index: usize) -> Result<RunResult> {
+/// Run one spec on this machine with `program` (kiln, or the spec's own program).
+fn run_direct(program: &Path, spec: &RunSpec, dir: &Path, index: usize) -> Result<RunResult> {
     let mut paths = Vec::new();
     for (name, source) in &spec.files {
         paths.push(match source {
@@ -319,7 +411,7 @@ fn run_direct(kiln: &Path, spec: &RunSpec, dir: &Path, index: usize) -> Result<R
     }
     let args = spec.resolve_args(|i| paths[i].to_string_lossy().into_owned())?;
     let started = Instant::now();
-    let mut child = Command::new(kiln)
+    let mut child = Command::new(program)
         .args(&args)
         .stdin(if spec.stdin.is_some() {
             Stdio::piped()
@@ -329,7 +421,7 @@ fn run_direct(kiln: &Path, spec: &RunSpec, dir: &Path, index: usize) -> Result<R
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .ctx(|| format!("run {}: starting {}", spec.name, kiln.display()))?;
+        .ctx(|| format!("run {}: starting {}", spec.name, program.display()))?;
     let feeder = child.stdin.take().map(|mut w| {
         let input = spec.stdin.clone().unwrap_or_default();
         std::thread::spawn(move || {
@@ -437,6 +529,24 @@ mod tests {
         assert_eq!(r.run("slow").status, None);
         assert!(r.run("slow").seconds < 4.0);
         assert_eq!(r.run("killed").status, Some(137));
+        let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = ended.clone();
+        let other = Batch::new("/bin/true")
+            .carry_program("/bin/sh")
+            .run(RunSpec::new("other", ["-c", "echo other; exit 5"]).program(&sh))
+            .on_run_end(move |name, status, _| log.lock().unwrap().push((name.to_string(), status)))
+            .execute(&Host::Direct)
+            .unwrap();
+        assert_eq!(other.run("other").stdout_text(), "other\n");
+        assert_eq!(*ended.lock().unwrap(), [("other".to_string(), Some(5))]);
+        let missing = Batch::new(&sh)
+            .carry_file("/nonexistent/firmware.bin")
+            .run(RunSpec::new("m", ["-c", ":"]));
+        assert!(missing
+            .execute(&Host::Direct)
+            .unwrap_err()
+            .0
+            .contains("/nonexistent/firmware.bin"));
         let dup = Batch::new(&sh)
             .run(RunSpec::new("a", ["x"]))
             .run(RunSpec::new("a", ["y"]));

@@ -1,9 +1,14 @@
 //! The rig's batch protocol end to end, on whichever host `Host::detect` picks (on a
 //! machine without hardware virtualization: one L1 boot). `/bin/sh` stands in for kiln:
 //! it is dynamically linked (so L1 needs its `ldd` libraries) and can print anything.
+//! A run of another carried program, reading a carried file, checks `RunSpec::program`,
+//! `Batch::carry_program` and `Batch::carry_file`.
 
 use kiln_testrig::{Batch, Host, RunSpec};
 use std::path::PathBuf;
+
+/// A dynamically linked program other than the batch's "kiln", carried into L1.
+const SHA256SUM: &str = "/usr/bin/sha256sum";
 
 #[test]
 fn binary_output_input_files_arguments_and_timeouts_survive_the_batch() {
@@ -40,7 +45,10 @@ fn binary_output_input_files_arguments_and_timeouts_survive_the_batch() {
             .file("m", "x"),
         )
         .run(RunSpec::new("timeout", ["-c", "exec sleep 60"]).timeout_secs(2))
-        .run(RunSpec::new("silent", ["-c", "kill -9 $$"]));
+        .run(RunSpec::new("silent", ["-c", "kill -9 $$"]))
+        .carry_program(SHA256SUM)
+        .carry_file(&manifest)
+        .run(RunSpec::new("carried", [manifest.to_string_lossy().into_owned()]).program(SHA256SUM));
     let r = batch.execute(&host).unwrap_or_else(|e| panic!("{e}"));
 
     let io = r.run("io");
@@ -62,6 +70,14 @@ fn binary_output_input_files_arguments_and_timeouts_survive_the_batch() {
     );
     assert_eq!(r.run("silent").status, Some(137));
     assert_eq!(r.run("silent").stdout, b"");
+    let want = std::process::Command::new(SHA256SUM)
+        .arg(&manifest)
+        .output()
+        .unwrap()
+        .stdout;
+    let carried = r.run("carried");
+    assert_eq!(carried.status, Some(0), "{carried:?}");
+    assert_eq!(carried.stdout_text(), String::from_utf8_lossy(&want));
     if host.is_rig() {
         assert!(r.boot_seconds.is_some());
         assert!(r
