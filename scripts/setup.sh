@@ -117,8 +117,8 @@ case "${1:-}" in
         check_kvm
         say "building kiln (release)"
         cargo build --release --locked -p kiln
-        say "booting the built-in demo guest: target/release/kiln run"
-        exec target/release/kiln run
+        say "booting the built-in demo guest: target/x86_64-unknown-linux-gnu/release/kiln run"
+        exec target/x86_64-unknown-linux-gnu/release/kiln run
         ;;
     test)
         deps

@@ -124,7 +124,7 @@ pub(crate) fn build_kiln(root: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build --release -p kiln failed ({status})");
     }
-    let kiln = root.join("target/release/kiln");
+    let kiln = root.join("target/x86_64-unknown-linux-gnu/release/kiln");
     if !kiln.is_file() {
         bail!("{} is missing after the build", kiln.display());
     }

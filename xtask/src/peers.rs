@@ -31,7 +31,7 @@ const STRACE: [&str; 5] = ["-f", "--seccomp-bpf", "-ttt", "-e", "trace=execve,io
 /// A virtual machine monitor under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
-    /// target/release/kiln.
+    /// target/x86_64-unknown-linux-gnu/release/kiln.
     Kiln,
     /// qemu-system-x86_64 -M microvm.
     Qemu,
