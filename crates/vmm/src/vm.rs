@@ -6,7 +6,7 @@ use crate::error::{kvm_err, os_err, Result, VmmError};
 use crate::exits::ExitStats;
 use crate::kvm;
 use crate::loader::{self, BootState, EntryKind};
-use crate::memory::{create_guest_memory, GuestMem, MemorySlots};
+use crate::memory::{create_guest_memory, GuestMem, MemorySlots, RamMappings};
 use crate::platform::{self, Platform, PlatformSpec};
 use crate::resources::Resources;
 use crate::stop::{StopLatch, StopReason};
@@ -34,6 +34,8 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     boot: BootState,
     forward_stdin: bool,
+    // Last: dropped after the KVM VM, the vCPUs and every use of `memory`.
+    _ram: RamMappings,
 }
 
 /// How a run ended.
@@ -78,7 +80,7 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let memory = create_guest_memory(&layout, phys_bits(&supported))?;
+        let (memory, ram) = create_guest_memory(&layout, phys_bits(&supported))?;
         let boot = loader::load_guest(&memory, &layout, config)?;
         let linux = matches!(boot.kind, EntryKind::Linux64 | EntryKind::Pvh);
         let irqchip = boot.kind != EntryKind::Raw;
@@ -159,11 +161,13 @@ impl Vm {
             vcpus,
             boot,
             forward_stdin: config.forward_stdin,
+            _ram: ram,
         })
     }
 
-    /// Guest memory.
-    pub fn memory(&self) -> &GuestMem {
+    /// Guest memory. Crate-private: a clone must not outlive the VM (see `RamMappings`).
+    #[allow(dead_code)]
+    pub(crate) fn memory(&self) -> &GuestMem {
         &self.memory
     }
 
@@ -182,8 +186,10 @@ impl Vm {
         &mut self.resources
     }
 
-    /// The KVM VM handle.
-    pub fn vm_fd(&self) -> &Arc<VmFd> {
+    /// The KVM VM handle. Crate-private: its memory slots point at guest RAM that is
+    /// unmapped when the VM is dropped, so the handle must not outlive it.
+    #[allow(dead_code)]
+    pub(crate) fn vm_fd(&self) -> &Arc<VmFd> {
         &self.vm_fd
     }
 
@@ -251,6 +257,7 @@ impl Vm {
             _kvm: self._kvm,
             _vm_fd: self.vm_fd,
             _slots: self.slots,
+            _ram: self._ram,
         })
     }
 }
@@ -272,6 +279,8 @@ pub struct RunningVm {
     _slots: Arc<Mutex<MemorySlots>>,
     _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
+    // Last: guest RAM outlives everything that can touch it.
+    _ram: RamMappings,
 }
 
 impl RunningVm {
