@@ -285,6 +285,9 @@ pub fn memory(env: &Env, runs: Runs, tiny_name: &Path) -> Result<Section> {
 /// Replace the scratch path of the guest image by `tiny_name` and the Kiln
 /// binary's absolute path by `target/x86_64-unknown-linux-gnu/release/kiln`, for the report.
 fn shorten(cmd: &str, env: &Env, tiny_name: &Path) -> String {
-    cmd.replace(&*env.kiln.to_string_lossy(), "target/x86_64-unknown-linux-gnu/release/kiln")
-        .replace(&*env.tiny.to_string_lossy(), &tiny_name.to_string_lossy())
+    cmd.replace(
+        &*env.kiln.to_string_lossy(),
+        "target/x86_64-unknown-linux-gnu/release/kiln",
+    )
+    .replace(&*env.tiny.to_string_lossy(), &tiny_name.to_string_lossy())
 }

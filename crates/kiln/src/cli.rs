@@ -219,7 +219,6 @@ pub fn execute(cli: Cli, start: std::time::Instant) -> Result<u8, String> {
 }
 
 fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
-    let report_memory = args.report_memory;
     let guest = if let Some(kernel) = args.kernel {
         GuestConfig::Kernel {
             kernel,
@@ -294,7 +293,7 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
             );
         }
     }
-    if report_memory {
+    if args.report_memory {
         eprintln!(
             "kiln-memory: peak_rss_kib={} guest_resident_kib={}",
             peak_rss_kib(),

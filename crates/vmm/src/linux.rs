@@ -4,7 +4,7 @@
 //! come from `kiln_arch::linux`.
 
 use crate::error::{Result, VmmError};
-use crate::loader::{read_file, BootState, EntryKind};
+use crate::loader::{read_file, write, BootState, EntryKind};
 use crate::memory::GuestMem;
 use kiln_arch::layout::{GDT_ADDR, IOAPIC_ADDR, LAPIC_ADDR};
 use kiln_arch::linux::{self as boot, ZeroPage};
@@ -14,7 +14,7 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, elf::PvhBootCapability, KernelLoader};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 
 /// A kernel image format Kiln recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +64,6 @@ fn kernel_err(path: &Path, reason: impl ToString) -> VmmError {
         path: path.display().to_string(),
         reason: reason.to_string(),
     }
-}
-
-fn write(mem: &GuestMem, data: &[u8], addr: u64) -> Result<()> {
-    mem.write_slice(data, GuestAddress(addr))
-        .map_err(|e| VmmError::Memory(format!("writing {} bytes at {addr:#x}: {e}", data.len())))
 }
 
 fn load_initrd(

@@ -101,7 +101,8 @@ fn check_placement(
     Ok(())
 }
 
-fn write(mem: &GuestMem, data: &[u8], addr: u64) -> Result<()> {
+/// Copy `data` into guest memory at `addr`, with a message naming the range on failure.
+pub(crate) fn write(mem: &GuestMem, data: &[u8], addr: u64) -> Result<()> {
     mem.write_slice(data, GuestAddress(addr))
         .map_err(|e| VmmError::Memory(format!("writing {} bytes at {addr:#x}: {e}", data.len())))
 }

@@ -358,7 +358,8 @@ mod tests {
         let (mem, maps) = create_guest_memory(&MemoryLayout::new(6 << 20), 46).unwrap();
         let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
         assert_eq!(host % RAM_ALIGN, 0, "guest RAM is 2 MiB-aligned");
-        mem.write_obj(0x1234u32, GuestAddress((6 << 20) - 4)).unwrap();
+        mem.write_obj(0x1234u32, GuestAddress((6 << 20) - 4))
+            .unwrap();
         drop(mem);
         drop(maps);
         assert!(e.to_string().contains("36-bit"), "{e}");

@@ -28,10 +28,9 @@ pub const COM1_IRQ: u32 = 4;
 
 /// What kind of platform to assemble.
 pub struct PlatformSpec {
-    /// An in-kernel irqchip exists (interrupts can be delivered).
-    pub irqchip: bool,
-    /// Kernel guests get the RTC, i8042 and pvpanic.
-    pub kernel_devices: bool,
+    /// A kernel guest: it has an in-kernel irqchip (COM1 raises IRQ 4) and gets the RTC,
+    /// i8042, pvpanic and PCI.
+    pub kernel_guest: bool,
     /// Linux gets Kiln's ACPI power device.
     pub acpi: bool,
     /// The boot timer's start instant, when asked for.
@@ -70,7 +69,7 @@ pub fn build(
     res: &mut Resources,
     out: Box<dyn Write + Send>,
 ) -> Result<Platform> {
-    let irq = if spec.irqchip {
+    let irq = if spec.kernel_guest {
         let evt =
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(os_err("eventfd"))?;
         vm_fd
@@ -107,7 +106,7 @@ pub fn build(
         Arc::new(Mutex::new(PostCode::default())),
     )?;
     let mut pci = None;
-    if spec.kernel_devices {
+    if spec.kernel_guest {
         let root = Arc::new(PciRoot::new());
         let cfg = Arc::new(Mutex::new(PciConfigIo::new(root.clone())));
         add(

@@ -195,9 +195,10 @@ impl Vcpu {
     }
 
     /// Prepare a vCPU for an operating-system kernel: the MSRs Linux expects from
-    /// firmware, an initialized FPU, and (with an in-kernel irqchip) LINT0 as ExtINT and
-    /// LINT1 as NMI. MSRs KVM refuses are skipped: a kernel copes with their defaults.
-    pub fn setup_platform(&self, irqchip: bool) -> Result<()> {
+    /// firmware, an initialized FPU, and LINT0 as ExtINT and LINT1 as NMI on the in-kernel
+    /// LAPIC (kernel guests always have an irqchip). MSRs KVM refuses are skipped: a kernel
+    /// copes with their defaults.
+    pub fn setup_platform(&self) -> Result<()> {
         use kvm_bindings::{kvm_fpu, kvm_msr_entry, Msrs};
         let msrs: [(u32, u64); 11] = [
             (0x174, 0),             // IA32_SYSENTER_CS
@@ -228,24 +229,22 @@ impl Vcpu {
             ..Default::default()
         };
         self.fd.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))?;
-        if irqchip {
-            let mut lapic = self.fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
-            let set_lvt = |regs: &mut [libc::c_char; 1024], off: usize, mode: u32| {
-                let mut v = [0u8; 4];
-                for (i, b) in v.iter_mut().enumerate() {
-                    *b = regs[off + i] as u8;
-                }
-                let value = (u32::from_le_bytes(v) & !0x700) | (mode << 8);
-                for (i, b) in value.to_le_bytes().iter().enumerate() {
-                    regs[off + i] = *b as libc::c_char;
-                }
-            };
-            set_lvt(&mut lapic.regs, 0x350, 7); // LINT0: ExtINT
-            set_lvt(&mut lapic.regs, 0x360, 4); // LINT1: NMI
-            self.fd
-                .set_lapic(&lapic)
-                .map_err(kvm_err("KVM_SET_LAPIC"))?;
-        }
+        let mut lapic = self.fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+        let set_lvt = |regs: &mut [libc::c_char; 1024], off: usize, mode: u32| {
+            let mut v = [0u8; 4];
+            for (i, b) in v.iter_mut().enumerate() {
+                *b = regs[off + i] as u8;
+            }
+            let value = (u32::from_le_bytes(v) & !0x700) | (mode << 8);
+            for (i, b) in value.to_le_bytes().iter().enumerate() {
+                regs[off + i] = *b as libc::c_char;
+            }
+        };
+        set_lvt(&mut lapic.regs, 0x350, 7); // LINT0: ExtINT
+        set_lvt(&mut lapic.regs, 0x360, 4); // LINT1: NMI
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(kvm_err("KVM_SET_LAPIC"))?;
         Ok(())
     }
 

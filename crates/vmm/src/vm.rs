@@ -116,8 +116,7 @@ impl Vm {
 
         let mut resources = Resources::new(&layout)?;
         let spec = PlatformSpec {
-            irqchip,
-            kernel_devices: irqchip,
+            kernel_guest: irqchip,
             acpi: linux && config.acpi,
             boot_timer: config.boot_timer,
         };
@@ -141,7 +140,7 @@ impl Vm {
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let vcpu = Vcpu::new(id, fd, &supported, config.vcpus as usize)?;
             if irqchip {
-                vcpu.setup_platform(irqchip)?;
+                vcpu.setup_platform()?;
             }
             if id == 0 {
                 vcpu.set_boot_state(&boot)?;
@@ -165,12 +164,6 @@ impl Vm {
         })
     }
 
-    /// Guest memory. Crate-private: a clone must not outlive the VM (see `RamMappings`).
-    #[allow(dead_code)]
-    pub(crate) fn memory(&self) -> &GuestMem {
-        &self.memory
-    }
-
     /// The memory layout.
     pub fn layout(&self) -> &MemoryLayout {
         &self.layout
@@ -184,13 +177,6 @@ impl Vm {
     /// The resource allocators.
     pub fn resources(&mut self) -> &mut Resources {
         &mut self.resources
-    }
-
-    /// The KVM VM handle. Crate-private: its memory slots point at guest RAM that is
-    /// unmapped when the VM is dropped, so the handle must not outlive it.
-    #[allow(dead_code)]
-    pub(crate) fn vm_fd(&self) -> &Arc<VmFd> {
-        &self.vm_fd
     }
 
     /// How the boot vCPU starts.
