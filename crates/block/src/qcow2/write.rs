@@ -21,7 +21,33 @@ struct Piece {
     old: Mapping,
 }
 
+/// L2 entries changed in memory and not yet on disk: per L2 table (by file offset), the
+/// first and last changed entry.
+#[derive(Default)]
+struct DirtyL2(BTreeMap<u64, (usize, usize)>);
+
+impl DirtyL2 {
+    /// Entry `i` of the L2 table at `l2off` changed.
+    fn mark(&mut self, l2off: u64, i: usize) {
+        let d = self.0.entry(l2off).or_insert((i, i));
+        d.0 = d.0.min(i);
+        d.1 = d.1.max(i);
+    }
+}
+
 impl Qcow2 {
+    /// Write the changed ranges of existing L2 tables to disk.
+    fn write_dirty_l2(&mut self, dirty: DirtyL2) -> Result<()> {
+        for (off, (lo, hi)) in dirty.0 {
+            let bytes: Vec<u8> = self.l2_table(off)?[lo..=hi]
+                .iter()
+                .flat_map(|e| e.to_be_bytes())
+                .collect();
+            write_full(&self.file, &bytes, off + lo as u64 * 8)?;
+        }
+        Ok(())
+    }
+
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly("image is open read-only".into()));
@@ -167,7 +193,7 @@ impl Qcow2 {
             self.l2_cache.insert(off, vec![0u64; entry_words]);
         }
         // Fill in the L2 entries (in memory), remembering which ranges changed.
-        let mut dirty: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        let mut dirty = DirtyL2::default();
         let mut frees = Vec::new();
         for (k, p) in alloc.iter().enumerate() {
             let (i1, i2) = self.indices(p.guest);
@@ -177,9 +203,7 @@ impl Qcow2 {
             };
             let host = (data_start + k as u64) * cs;
             self.l2_table(l2off)?[i2] = host | OFLAG_COPIED;
-            let d = dirty.entry(l2off).or_insert((i2, i2));
-            d.0 = d.0.min(i2);
-            d.1 = d.1.max(i2);
+            dirty.mark(l2off, i2);
             frees.push(p.old);
         }
         for (k, _) in new_l2.iter().enumerate() {
@@ -190,18 +214,12 @@ impl Qcow2 {
                 .flat_map(|e| e.to_be_bytes())
                 .collect();
             write_full(&self.file, &bytes, off)?;
-            dirty.remove(&off);
+            dirty.0.remove(&off);
         }
         sync(&self.file)?;
 
         // 3. The references: changed entries of existing L2 tables, then L1 entries.
-        for (off, (lo, hi)) in dirty {
-            let bytes: Vec<u8> = self.l2_table(off)?[lo..=hi]
-                .iter()
-                .flat_map(|e| e.to_be_bytes())
-                .collect();
-            write_full(&self.file, &bytes, off + lo as u64 * 8)?;
-        }
+        self.write_dirty_l2(dirty)?;
         for (k, &i1) in new_l2.iter().enumerate() {
             let off = (l2_start + k as u64) * cs;
             let e = off | OFLAG_COPIED;
@@ -305,7 +323,7 @@ impl Qcow2 {
         self.write_zero_bytes(b.min(end), end - b.min(end))?;
         self.zcache = None;
         let new_entry = if has_backing { OFLAG_ZERO } else { 0 };
-        let mut dirty: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        let mut dirty = DirtyL2::default();
         let mut frees = Vec::new();
         let mut g = a;
         while g < b {
@@ -319,20 +337,12 @@ impl Qcow2 {
             if !already {
                 let l2off = self.ensure_l2(i1)?;
                 self.l2_table(l2off)?[i2] = new_entry;
-                let d = dirty.entry(l2off).or_insert((i2, i2));
-                d.0 = d.0.min(i2);
-                d.1 = d.1.max(i2);
+                dirty.mark(l2off, i2);
                 frees.push(old);
             }
             g += cs;
         }
-        for (off, (lo, hi)) in dirty {
-            let bytes: Vec<u8> = self.l2_table(off)?[lo..=hi]
-                .iter()
-                .flat_map(|e| e.to_be_bytes())
-                .collect();
-            write_full(&self.file, &bytes, off + lo as u64 * 8)?;
-        }
+        self.write_dirty_l2(dirty)?;
         self.free_old(&frees)
     }
 
