@@ -315,12 +315,14 @@ impl Vcpu {
                 }
                 Err(e) => Flow::Stop(StopReason::Internal(format!("KVM_RUN failed: {e}")), true),
             };
-            if let Flow::Stop(mut reason, dump) = flow {
-                if let StopReason::Internal(ref mut what) = reason {
-                    if what == INTERNAL_ERROR {
-                        *what = self.internal_error_detail();
-                    }
+            let flow = match flow {
+                // The suberror lives in kvm_run, readable once the exit is handled.
+                Flow::InternalError => {
+                    Flow::Stop(StopReason::Internal(self.internal_error_detail()), true)
                 }
+                other => other,
+            };
+            if let Flow::Stop(reason, dump) = flow {
                 abnormal |= dump;
                 shared.stop.request(reason, self.id);
                 break;
@@ -350,12 +352,12 @@ impl Vcpu {
     }
 }
 
-const INTERNAL_ERROR: &str = "\0internal";
-
 enum Flow {
     Continue,
     /// Stop the VM; `true` asks for a register dump.
     Stop(StopReason, bool),
+    /// KVM_EXIT_INTERNAL_ERROR: stop with a dump, naming the suberror from kvm_run.
+    InternalError,
 }
 
 fn action_flow(action: DeviceAction) -> Flow {
@@ -450,7 +452,7 @@ fn handle_exit(shared: &VmShared, exit: VcpuExit<'_>, stats: &mut ExitStats) -> 
         }
         VcpuExit::InternalError => {
             stats.count("internal_error");
-            Flow::Stop(StopReason::Internal(INTERNAL_ERROR.into()), true)
+            Flow::InternalError
         }
         VcpuExit::FailEntry(reason, cpu) => {
             stats.count("fail_entry");
