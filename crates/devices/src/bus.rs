@@ -4,7 +4,7 @@
 //! caller, which decides what the guest sees (all-ones for reads).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// What a device asks of the VMM after an access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,10 +63,12 @@ struct Entry {
     counts: Mutex<AccessCounts>,
 }
 
-/// A bus of non-overlapping ranges.
+/// A bus of non-overlapping ranges. Devices may be added and removed while vCPUs use the
+/// bus (a PCI BAR moves); an access holds the bus's lock only to find its device, never
+/// while the device runs, so a device may change the bus from inside an access.
 #[derive(Default)]
 pub struct Bus {
-    entries: BTreeMap<u64, Entry>,
+    entries: RwLock<BTreeMap<u64, Arc<Entry>>>,
 }
 
 impl Bus {
@@ -77,7 +79,7 @@ impl Bus {
 
     /// Put `device` at `base..base+len`.
     pub fn insert(
-        &mut self,
+        &self,
         name: &'static str,
         base: u64,
         len: u64,
@@ -92,26 +94,34 @@ impl Bus {
         if len == 0 || base.checked_add(len).is_none() {
             return Err(overlap("nothing (empty or wrapping range)"));
         }
-        if let Some((b, e)) = self.entries.range(..base + len).next_back() {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((b, e)) = entries.range(..base + len).next_back() {
             if b + e.len > base {
                 return Err(overlap(e.name));
             }
         }
-        self.entries.insert(
+        entries.insert(
             base,
-            Entry {
+            Arc::new(Entry {
                 len,
                 name,
                 device,
                 counts: Mutex::new(AccessCounts::default()),
-            },
+            }),
         );
         Ok(())
     }
 
-    fn find(&self, addr: u64) -> Option<(u64, &Entry)> {
-        let (base, e) = self.entries.range(..=addr).next_back()?;
-        (addr < base + e.len).then_some((*base, e))
+    /// Take the device at exactly `base` off the bus; `false` if none starts there.
+    pub fn remove(&self, base: u64) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.remove(&base).is_some()
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, Arc<Entry>)> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let (base, e) = entries.range(..=addr).next_back()?;
+        (addr < base + e.len).then(|| (*base, e.clone()))
     }
 
     /// Route a read. Returns `false` (leaving `data` untouched) when no device claims it.
@@ -128,15 +138,19 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<Option<DeviceAction>> {
         let (base, e) = self.find(addr)?;
         lock(&e.counts).writes += 1;
-        Some(lock(&e.device).write(addr - base, data))
+        let action = lock(&e.device).write(addr - base, data);
+        Some(action)
     }
 
     /// Per-device access counts, in address order.
     pub fn counts(&self) -> Vec<(&'static str, u64, AccessCounts)> {
-        self.entries
-            .iter()
-            .map(|(b, e)| (e.name, *b, *lock(&e.counts)))
-            .collect()
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let mut v = Vec::with_capacity(entries.len());
+        for (b, e) in entries.iter() {
+            let counts = *lock(&e.counts);
+            v.push((e.name, *b, counts));
+        }
+        v
     }
 }
 
@@ -163,7 +177,7 @@ mod tests {
 
     #[test]
     fn routes_by_range_and_rejects_overlap() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert("a", 0x10, 8, Arc::new(Mutex::new(Echo(1))))
             .unwrap();
         bus.insert("b", 0x18, 8, Arc::new(Mutex::new(Echo(0x40))))
@@ -189,6 +203,11 @@ mod tests {
         assert!(!bus.read(u64::MAX, &mut wide));
         assert_eq!(bus.write(0x10, &[7]), Some(None));
         assert_eq!(bus.write(0x30, &[7]), None);
+        assert!(bus.remove(0x18) && !bus.remove(0x18));
+        assert!(!bus.read(0x18, &mut d), "removed");
+        bus.insert("b", 0x40, 8, Arc::new(Mutex::new(Echo(0x40))))
+            .unwrap();
+        assert!(bus.read(0x41, &mut d));
         assert_eq!(
             bus.counts()[0].2,
             AccessCounts {

@@ -72,6 +72,20 @@ pub enum GuestConfig {
     },
 }
 
+/// A disk the guest sees as a virtio-blk device (`/dev/vda`, `/dev/vdb`, ... in order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// The image format; probed from the contents when `None` (a raw image whose first
+    /// bytes look like a qcow2 header is then refused rather than guessed).
+    pub format: Option<kiln_block::Format>,
+    /// Refuse guest writes (the device offers VIRTIO_BLK_F_RO; the file opens read-only).
+    pub read_only: bool,
+    /// The serial number the guest reads (`/sys/block/vda/serial`), up to 20 bytes.
+    pub serial: Option<String>,
+}
+
 /// A whole VM's configuration.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -94,6 +108,8 @@ pub struct VmConfig {
     /// Log when the guest writes to the boot-timer port, counting from this instant (the
     /// process start); `None` leaves the port unclaimed.
     pub boot_timer: Option<std::time::Instant>,
+    /// virtio-blk disks (kernel guests only).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -109,6 +125,7 @@ impl VmConfig {
             forward_stdin: true,
             acpi: true,
             boot_timer: None,
+            disks: Vec::new(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! platform devices and configures the vCPUs ([`vcpu`]); [`Vm::run`] starts one thread per
 //! vCPU and waits for a [`StopReason`], forwarding standard input to the serial port
 //! meanwhile ([`console`]). ioctl details stay in this crate; devices live in
-//! `kiln-devices` and see nothing of KVM.
+//! `kiln-devices` and `kiln-virtio` and see nothing of KVM.
 //!
 //! ```no_run
 //! use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, Vm, VmConfig};
@@ -25,15 +25,18 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod exits;
+pub mod interrupts;
 pub mod kvm;
 pub mod linux;
 pub mod loader;
 pub mod memory;
+pub mod pci_host;
 pub mod platform;
 pub mod regs;
 pub mod resources;
 pub mod stop;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use config::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, VmConfig};

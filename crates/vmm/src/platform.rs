@@ -44,7 +44,7 @@ pub struct Platform {
     /// Port-I/O bus.
     pub pio: Bus,
     /// MMIO bus.
-    pub mmio: Bus,
+    pub mmio: Arc<Bus>,
     /// COM1, shared with the console.
     pub serial: Arc<Mutex<SerialPort>>,
 }
@@ -143,7 +143,7 @@ pub fn build(
             Arc::new(Mutex::new(PvPanic::default())),
         )?;
     }
-    let mut mmio = Bus::new();
+    let mmio = Arc::new(Bus::new());
     if let Some(start) = spec.boot_timer {
         let timer = Arc::new(Mutex::new(BootTimer::new(start)));
         res.reserve_mmio("boot-timer", BOOT_TIMER_ADDR, BOOT_TIMER_LEN)?;

@@ -16,6 +16,8 @@ use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator, RangeInclusive};
 pub const FIRST_DYNAMIC_GSI: u32 = 5;
 /// Last GSI the IOAPIC has.
 pub const LAST_GSI: u32 = 23;
+/// Last GSI for MSI routes (KVM allows 4096 routes; this leaves plenty).
+pub const LAST_MSI_GSI: u32 = 1023;
 
 /// The VM's allocators.
 pub struct Resources {
@@ -28,6 +30,8 @@ pub struct Resources {
     pub mmio64: AddressAllocator,
     /// Interrupt lines for devices.
     pub gsi: IdAllocator,
+    /// GSIs for MSI routes (above the IOAPIC's).
+    pub msi_gsi: IdAllocator,
 }
 
 fn alloc_err(what: String) -> impl FnOnce(vm_allocator::Error) -> VmmError {
@@ -52,7 +56,16 @@ impl Resources {
             mmio64: mk(mmio64.start, mmio64.end - mmio64.start)?,
             gsi: IdAllocator::new(FIRST_DYNAMIC_GSI, LAST_GSI)
                 .map_err(alloc_err("the GSI range".into()))?,
+            msi_gsi: IdAllocator::new(LAST_GSI + 1, LAST_MSI_GSI)
+                .map_err(alloc_err("the MSI GSI range".into()))?,
         })
+    }
+
+    /// Take a GSI for an MSI route.
+    pub fn allocate_msi_gsi(&mut self, name: &str) -> Result<u32> {
+        self.msi_gsi
+            .allocate_id()
+            .map_err(alloc_err(format!("an MSI interrupt for {name}")))
     }
 
     /// Take a fixed port range for a legacy device.

@@ -102,8 +102,8 @@ impl VcpuControl {
 pub struct VmShared {
     /// Port I/O devices.
     pub pio: Bus,
-    /// MMIO devices.
-    pub mmio: Bus,
+    /// MMIO devices (PCI BARs come and go while the guest runs).
+    pub mmio: Arc<Bus>,
     /// Where the first reason to stop is recorded.
     pub stop: StopLatch,
     /// HLT ends the run (VMs without an in-kernel irqchip).

@@ -11,6 +11,7 @@ use crate::platform::{self, Platform, PlatformSpec};
 use crate::resources::Resources;
 use crate::stop::{StopLatch, StopReason};
 use crate::vcpu::{Vcpu, VcpuHandle, VcpuState, VmShared};
+use crate::virtio::VirtioDevices;
 use kiln_arch::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use kiln_arch::MemoryLayout;
 use kiln_devices::bus::{lock, AccessCounts};
@@ -34,7 +35,9 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     boot: BootState,
     forward_stdin: bool,
-    // Last: dropped after the KVM VM, the vCPUs and every use of `memory`.
+    virtio: VirtioDevices,
+    // Last: dropped after the KVM VM, the vCPUs, the device threads and every use of
+    // `memory`.
     _ram: RamMappings,
 }
 
@@ -53,6 +56,8 @@ pub struct RunOutcome {
     pub dumps: Vec<String>,
     /// Port-I/O device access counts.
     pub device_counts: Vec<(&'static str, u64, AccessCounts)>,
+    /// Each virtio device's name and counters (requests, bytes, errors).
+    pub device_metrics: Vec<(String, Vec<(&'static str, u64)>)>,
     /// Guest RAM resident in host memory when the VM stopped, in bytes.
     pub guest_resident: u64,
 }
@@ -121,8 +126,22 @@ impl Vm {
             boot_timer: config.boot_timer,
         };
         let Platform {
-            pio, mmio, serial, ..
+            pio,
+            mmio,
+            serial,
+            pci,
         } = platform::build(&spec, &vm_fd, &mut resources, out)?;
+        let virtio = match &pci {
+            Some(root) => {
+                VirtioDevices::build(config, &memory, &vm_fd, &mmio, root, &mut resources)?
+            }
+            None if !config.disks.is_empty() => {
+                return Err(VmmError::Config(
+                    "disks need a kernel guest (--kernel): virtio-blk sits on PCI".into(),
+                ))
+            }
+            None => VirtioDevices::default(),
+        };
 
         let shared = Arc::new(VmShared {
             pio,
@@ -160,6 +179,7 @@ impl Vm {
             vcpus,
             boot,
             forward_stdin: config.forward_stdin,
+            virtio,
             _ram: ram,
         })
     }
@@ -240,6 +260,7 @@ impl Vm {
             epoll,
             signals,
             input,
+            virtio: self.virtio,
             _kvm: self._kvm,
             _vm_fd: self.vm_fd,
             _slots: self.slots,
@@ -261,6 +282,8 @@ pub struct RunningVm {
     epoll: Epoll,
     signals: StopSignals,
     input: Option<ConsoleInput>,
+    // Device threads stop before the VM and guest RAM go away.
+    virtio: VirtioDevices,
     // Dropped last: the VM and its slots outlive the vCPU threads.
     _slots: Arc<Mutex<MemorySlots>>,
     _vm_fd: Arc<VmFd>,
@@ -327,6 +350,7 @@ impl RunningVm {
             h.request_stop();
         }
         let reports: Vec<_> = self.handles.drain(..).map(|h| h.stop()).collect();
+        let device_metrics = self.virtio.shutdown();
         self.input = None; // restores the terminal
         lock(&self.serial).flush();
 
@@ -347,6 +371,7 @@ impl RunningVm {
             stats,
             dumps,
             device_counts: self.shared.pio.counts(),
+            device_metrics,
             guest_resident: crate::memory::guest_resident_bytes(&self.memory),
         })
     }

@@ -25,7 +25,18 @@ pub mod reg {
     pub const INTERRUPT_LINE: usize = 0x3c;
     /// Interrupt pin (8 bits).
     pub const INTERRUPT_PIN: usize = 0x3d;
+    /// First base address register (six 32-bit registers).
+    pub const BAR0: usize = 0x10;
+    /// Capabilities pointer (8 bits).
+    pub const CAPABILITIES: usize = 0x34;
 }
+
+/// Command register: memory space decoding enabled.
+pub const COMMAND_MEMORY: u16 = 0x2;
+/// Status register: the device has a capabilities list.
+pub const STATUS_CAPABILITIES: u16 = 0x10;
+/// Where the first capability goes (after the type-0 header).
+const FIRST_CAPABILITY: usize = 0x40;
 
 /// A configuration space.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +45,8 @@ pub struct ConfigSpace {
     pub bytes: [u8; 256],
     /// Bits the guest may change.
     pub writable: [u8; 256],
+    /// (offset, length) of each capability added.
+    cap_lens: Vec<(usize, usize)>,
 }
 
 impl ConfigSpace {
@@ -42,6 +55,7 @@ impl ConfigSpace {
         let mut c = ConfigSpace {
             bytes: [0; 256],
             writable: [0; 256],
+            cap_lens: Vec::new(),
         };
         c.set16(reg::VENDOR_ID, vendor);
         c.set16(reg::DEVICE_ID, device);
@@ -54,6 +68,67 @@ impl ConfigSpace {
         c.writable[reg::COMMAND + 1] = 0x04;
         c.writable[reg::INTERRUPT_LINE] = 0xff;
         c
+    }
+
+    /// Declare BAR `index` (0-4; it uses `index` and `index + 1`) a 64-bit memory BAR of
+    /// `size` bytes (a power of two, at least 16) at `addr`. The write mask makes sizing work
+    /// as on hardware: after the guest writes all-ones, the BAR reads back `!(size - 1)` plus
+    /// its type bits.
+    pub fn add_mem_bar64(&mut self, index: usize, size: u64, addr: u64) {
+        assert!(index < 5 && size.is_power_of_two() && size >= 16 && addr.is_multiple_of(size));
+        let off = reg::BAR0 + 4 * index;
+        let mask = !(size - 1);
+        let flags = 0b100; // memory, 64-bit, not prefetchable
+        self.bytes[off..off + 8].copy_from_slice(&(addr | flags).to_le_bytes());
+        self.writable[off..off + 8].copy_from_slice(&mask.to_le_bytes());
+        self.writable[off] &= 0xf0;
+    }
+
+    /// The guest-physical address BAR `index` (a 64-bit memory BAR) holds now.
+    pub fn bar64_address(&self, index: usize) -> u64 {
+        let off = reg::BAR0 + 4 * index;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.bytes[off..off + 8]);
+        u64::from_le_bytes(b) & !0xf
+    }
+
+    /// Whether the guest enabled memory decoding in the command register.
+    pub fn memory_enabled(&self) -> bool {
+        u16::from_le_bytes([self.bytes[reg::COMMAND], self.bytes[reg::COMMAND + 1]])
+            & COMMAND_MEMORY
+            != 0
+    }
+
+    /// Append a capability: `body` starts with the capability ID and a placeholder for
+    /// the next pointer (which this fills in); `writable` is the mask for the bytes of
+    /// `body` the guest may change. Returns the capability's offset.
+    pub fn add_capability(&mut self, body: &[u8], writable: &[u8]) -> usize {
+        assert_eq!(body.len(), writable.len());
+        // Walk the list to its end.
+        let mut at = reg::CAPABILITIES;
+        let mut free = FIRST_CAPABILITY;
+        while self.bytes[at] != 0 {
+            let cap = self.bytes[at] as usize;
+            free = free.max((cap + self.cap_len(cap)).next_multiple_of(4));
+            at = cap + 1;
+        }
+        assert!(free + body.len() <= 256, "configuration space full");
+        self.bytes[free..free + body.len()].copy_from_slice(body);
+        self.bytes[free + 1] = 0;
+        self.writable[free..free + body.len()].copy_from_slice(writable);
+        self.writable[free + 1] = 0;
+        self.bytes[at] = free as u8;
+        self.cap_lens.push((free, body.len()));
+        let status = u16::from_le_bytes([self.bytes[reg::STATUS], self.bytes[reg::STATUS + 1]]);
+        self.set16(reg::STATUS, status | STATUS_CAPABILITIES);
+        free
+    }
+
+    fn cap_len(&self, at: usize) -> usize {
+        self.cap_lens
+            .iter()
+            .find(|(o, _)| *o == at)
+            .map_or(2, |(_, l)| *l)
     }
 
     /// Set a 16-bit field (device side, ignores the mask).
@@ -103,5 +178,42 @@ mod tests {
         assert_eq!(u16::from_le_bytes([d[0], d[1]]), 0x0407);
         c.read(254, &mut d);
         assert_eq!(d, [0, 0, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn a_64_bit_bar_sizes_and_moves() {
+        let mut c = ConfigSpace::new(0x1af4, 0x1042, 0x01_80_00, 1);
+        c.add_mem_bar64(0, 0x8000, 0xc000_8000);
+        assert_eq!(c.bar64_address(0), 0xc000_8000);
+        let mut d = [0u8; 4];
+        c.read(reg::BAR0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0xc000_8004);
+        c.write(reg::BAR0, &[0xff; 4]);
+        c.write(reg::BAR0 + 4, &[0xff; 4]);
+        c.read(reg::BAR0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0xffff_8004, "size probe");
+        c.read(reg::BAR0 + 4, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0xffff_ffff);
+        c.write(reg::BAR0, &0xd000_0000u32.to_le_bytes());
+        c.write(reg::BAR0 + 4, &1u32.to_le_bytes());
+        assert_eq!(c.bar64_address(0), 0x1_d000_0000);
+        assert!(!c.memory_enabled());
+        c.write(reg::COMMAND, &[0x02, 0]);
+        assert!(c.memory_enabled());
+    }
+
+    #[test]
+    fn capabilities_chain() {
+        let mut c = ConfigSpace::new(0x1af4, 0x1042, 0x01_80_00, 1);
+        let a = c.add_capability(&[0x09, 0xaa, 3, 7, 7], &[0, 0, 0, 0, 0xff]);
+        let b = c.add_capability(&[0x11, 0, 1, 2], &[0; 4]);
+        assert_eq!((a, b), (0x40, 0x48));
+        assert_eq!(c.bytes[reg::CAPABILITIES], 0x40);
+        assert_eq!(c.bytes[0x41], 0x48, "next pointer filled in");
+        assert_eq!(c.bytes[0x49], 0, "end of list");
+        assert_eq!(c.bytes[reg::STATUS] & 0x10, 0x10);
+        c.write(0x44, &[9]);
+        c.write(0x41, &[0]);
+        assert_eq!((c.bytes[0x44], c.bytes[0x41]), (9, 0x48));
     }
 }

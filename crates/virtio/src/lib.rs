@@ -1,0 +1,17 @@
+//! Kiln's virtio devices and their transport.
+//!
+//! - [`device`]: the [`VirtioDevice`] trait between a device model and its transport, and
+//!   what a device gets when the driver activates it ([`Activation`]).
+//! - [`pci`]: the virtio 1.x modern PCI transport (common/notify/ISR/device capabilities in
+//!   one memory BAR, MSI-X) that puts any [`VirtioDevice`] on Kiln's PCI bus.
+//! - [`blk`]: virtio-blk on Kiln's block layer (raw, qcow2, backing chains).
+//!
+//! Device code sees guest memory only through vm-memory and rings only through
+//! virtio-queue, whose checks (descriptor addresses inside guest memory, chain lengths,
+//! index sanity) are the first line against a hostile driver.
+
+pub mod blk;
+pub mod device;
+pub mod pci;
+
+pub use device::{Activation, GuestMemory, Interrupt, VirtioDevice};

@@ -1,0 +1,96 @@
+//! The VM's virtio devices: each configured disk becomes a virtio-blk device behind the
+//! modern PCI transport, with a BAR from the 32-bit MMIO hole and one MSI GSI per vector.
+//! [`VirtioDevices`] stops their threads before guest memory goes away.
+
+use crate::config::VmConfig;
+use crate::error::{Result, VmmError};
+use crate::memory::GuestMem;
+use crate::pci_host::VmPciHost;
+use crate::resources::Resources;
+use kiln_devices::bus::{lock, Bus};
+use kiln_devices::pci::{PciHost, PciRoot};
+use kiln_virtio::blk::VirtioBlk;
+use kiln_virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use kiln_virtio::VirtioDevice;
+use kvm_ioctls::VmFd;
+use std::sync::{Arc, Mutex};
+
+/// The VM's virtio devices.
+#[derive(Default)]
+pub struct VirtioDevices {
+    devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+}
+
+impl VirtioDevices {
+    /// Create the devices `config` asks for and put them on `root`.
+    pub fn build(
+        config: &VmConfig,
+        memory: &GuestMem,
+        vm_fd: &Arc<VmFd>,
+        mmio: &Arc<Bus>,
+        root: &PciRoot,
+        res: &mut Resources,
+    ) -> Result<Self> {
+        let mut me = VirtioDevices::default();
+        if config.disks.is_empty() {
+            return Ok(me);
+        }
+        let host: Arc<dyn PciHost> = Arc::new(VmPciHost::new(vm_fd.clone(), mmio.clone()));
+        for d in &config.disks {
+            let opts = kiln_block::OpenOptions {
+                read_only: d.read_only,
+                format: d.format,
+                no_backing: false,
+            };
+            let disk = kiln_block::open(&d.path, &opts)
+                .map_err(|e| VmmError::Config(format!("disk {}: {e}", d.path.display())))?;
+            me.add(
+                Box::new(VirtioBlk::new(disk, d.serial.clone())),
+                memory,
+                &host,
+                root,
+                res,
+            )?;
+        }
+        Ok(me)
+    }
+
+    fn add(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+        memory: &GuestMem,
+        host: &Arc<dyn PciHost>,
+        root: &PciRoot,
+        res: &mut Resources,
+    ) -> Result<()> {
+        let name = device.name();
+        let vectors = device.queue_max_sizes().len() + 1;
+        let gsis = (0..vectors)
+            .map(|_| res.allocate_msi_gsi(name))
+            .collect::<Result<Vec<_>>>()?;
+        let bar = res.allocate_mmio(name, BAR_SIZE, BAR_SIZE, true)?;
+        let dev = VirtioPciDevice::new(device, memory.clone(), host.clone(), &gsis, bar.start())
+            .map_err(|e| VmmError::Config(format!("{name}: {e}")))?;
+        root.add(dev.clone())
+            .ok_or_else(|| VmmError::Config(format!("{name}: the PCI bus is full")))?;
+        self.devices.push(dev);
+        Ok(())
+    }
+
+    /// Stop every device's threads; returns each device's name and counters.
+    pub fn shutdown(&mut self) -> Vec<(String, Vec<(&'static str, u64)>)> {
+        let mut metrics = Vec::new();
+        for (i, d) in self.devices.drain(..).enumerate() {
+            let mut d = lock(&d);
+            d.shutdown();
+            metrics.push((format!("{}#{i}", d.name()), d.counters()));
+        }
+        metrics
+    }
+}
+
+impl Drop for VirtioDevices {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
