@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_arch::CpuMode;
+use kiln_vmm::config::DiskConfig;
 use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, StopReason, Vm, VmConfig};
 use std::path::PathBuf;
 
@@ -118,6 +119,20 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
     cpus: u8,
 
+    /// A virtio-blk disk (repeatable; the guest sees /dev/vda, /dev/vdb, ... in order):
+    /// path=FILE[,format=raw|qcow2][,readonly=on|off][,serial=ID]. The format is probed
+    /// when not given; a comma in FILE is written ",,".
+    #[arg(long, value_name = "path=FILE,...", value_parser = parse_disk, requires = "kernel")]
+    disk: Vec<DiskConfig>,
+
+    /// The first disk, format probed (short for --disk path=FILE, before any --disk).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    hda: Option<PathBuf>,
+
+    /// Give the guest a virtio-rng device fed from the host's /dev/urandom (/dev/hwrng).
+    #[arg(long, requires = "kernel")]
+    rng: bool,
+
     /// Boot Linux without ACPI tables (the classic -no-acpi); an MP table describes
     /// the CPUs and the IOAPIC instead.
     #[arg(long)]
@@ -167,6 +182,70 @@ fn parse_load(s: &str) -> Result<(PathBuf, u64), String> {
         return Err(format!("'{s}' names no file"));
     }
     Ok((PathBuf::from(file), parse_addr(addr)?))
+}
+
+/// Split `key=value,key=value` where ",," stands for a comma inside a value.
+fn split_options(s: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                parts.last_mut().expect("one part").push(',');
+            } else {
+                parts.push(String::new());
+            }
+        } else {
+            parts.last_mut().expect("one part").push(c);
+        }
+    }
+    parts
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        format: None,
+        read_only: false,
+        serial: None,
+    };
+    for (i, part) in split_options(s).into_iter().enumerate() {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None if i == 0 => ("path".to_string(), part),
+            None => return Err(format!("'{part}' in '{s}' is not key=value")),
+        };
+        match key.as_str() {
+            "path" | "file" => disk.path = PathBuf::from(value),
+            "format" => {
+                disk.format =
+                    Some(kiln_block::Format::from_name(&value).map_err(|e| e.to_string())?)
+            }
+            "readonly" => {
+                disk.read_only = match value.as_str() {
+                    "on" | "true" | "yes" => true,
+                    "off" | "false" | "no" => false,
+                    _ => return Err(format!("readonly={value}: use on or off")),
+                }
+            }
+            "serial" => {
+                if value.len() > 20 {
+                    return Err(format!("serial={value}: at most 20 bytes"));
+                }
+                disk.serial = Some(value);
+            }
+            _ => {
+                return Err(format!(
+                    "unknown disk option '{key}' (path, format, readonly, serial)"
+                ))
+            }
+        }
+    }
+    if disk.path.as_os_str().is_empty() {
+        return Err(format!("'{s}' names no file (path=FILE)"));
+    }
+    Ok(disk)
 }
 
 fn parse_module(s: &str) -> Result<ModuleSpec, String> {
@@ -264,6 +343,16 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
     config.kvm_path = args.kvm_device;
     config.dump_regs = args.dump_regs;
     config.trace_exits = args.trace_exits;
+    if let Some(hda) = args.hda {
+        config.disks.push(DiskConfig {
+            path: hda,
+            format: None,
+            read_only: false,
+            serial: None,
+        });
+    }
+    config.disks.extend(args.disk);
+    config.rng = args.rng;
 
     let outcome = loop {
         let vm = Vm::build(&config).map_err(|e| e.to_string())?;
@@ -291,6 +380,10 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
                 "  {name:<12} {base:#06x} reads {} writes {}",
                 c.reads, c.writes
             );
+        }
+        for (name, counters) in &outcome.device_metrics {
+            let list: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!("--- {name} ---\n  {}", list.join(" "));
         }
     }
     if args.report_memory {
@@ -342,5 +435,23 @@ mod tests {
         assert!(parse_load("nofile").is_err());
         assert!(parse_load("@0x10").is_err());
         assert!(parse_addr("0xZZ").is_err());
+    }
+
+    #[test]
+    fn disk_options() {
+        let d = parse_disk("path=a,,b.qcow2,format=qcow2,readonly=on,serial=XY").unwrap();
+        assert_eq!(d.path, PathBuf::from("a,b.qcow2"));
+        assert_eq!(d.format, Some(kiln_block::Format::Qcow2));
+        assert!(d.read_only);
+        assert_eq!(d.serial.as_deref(), Some("XY"));
+        assert_eq!(
+            parse_disk("disk.img").unwrap().path,
+            PathBuf::from("disk.img")
+        );
+        assert!(parse_disk("path=x,format=vmdk").is_err());
+        assert!(parse_disk("path=x,readonly=maybe").is_err());
+        assert!(parse_disk("path=x,serial=123456789012345678901").is_err());
+        assert!(parse_disk("format=raw").is_err());
+        assert!(parse_disk("path=x,colour=red").is_err());
     }
 }

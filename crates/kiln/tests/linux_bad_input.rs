@@ -60,3 +60,39 @@ fn modules_are_for_multiboot_kernels_only() {
     let m = s.file("m", b"x");
     run(&["run", "--kernel", &k, "--module", &m]).expect_error("is for multiboot kernels");
 }
+
+#[test]
+fn disks_that_cannot_be_used() {
+    require_kvm();
+    let s = Scratch::new();
+    let k = s.file("bzImage", &kernel());
+    run(&[
+        "run",
+        "--kernel",
+        &k,
+        "--disk",
+        "path=/nonexistent/disk.img",
+    ])
+    .expect_error("disk: /nonexistent/disk.img: No such file");
+    // A qcow2 header with nothing behind it.
+    let mut bad = b"QFI\xfb\0\0\0\x03".to_vec();
+    bad.resize(512, 0xff);
+    let q = s.file("bad.qcow2", &bad);
+    run(&["run", "--kernel", &k, "--disk", &format!("path={q}")])
+        .expect_error(&format!("disk: {q}"));
+    // A raw file announced as qcow2 is refused.
+    let raw = s.file("raw.img", &[0u8; 4096]);
+    run(&[
+        "run",
+        "--kernel",
+        &k,
+        "--disk",
+        &format!("path={raw},format=qcow2"),
+    ])
+    .expect_error(&format!("disk: {raw}: not a qcow2 image"));
+    // Usage errors are one line from the argument parser.
+    run(&["run", "--kernel", &k, "--disk", "path=x,bogus=1"]).expect_error("unknown disk option");
+    let out = run(&["run", "--disk", &format!("path={raw}")]);
+    out.expect_code(1);
+    assert!(out.stderr.contains("--kernel"), "{out:#?}");
+}

@@ -35,6 +35,28 @@ pub const GUEST_MODULES: [&str; 2] = [
     "drivers/misc/pvpanic/pvpanic-mmio",
 ];
 
+/// The cloud kernel's virtio modules, in load order (each needs the ones before it):
+/// the PCI transport, then the block, console, rng, network and vsock drivers.
+pub const VIRTIO_MODULES: [&str; 14] = [
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci",
+    "drivers/block/virtio_blk",
+    "drivers/char/virtio_console",
+    "drivers/char/hw_random/virtio-rng",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
+    "net/vmw_vsock/vsock",
+    "net/vmw_vsock/vmw_vsock_virtio_transport_common",
+    "net/vmw_vsock/vmw_vsock_virtio_transport",
+];
+
+/// How many of [`VIRTIO_MODULES`] a guest with only virtio-blk disks needs.
+pub const VIRTIO_BLK_MODULES: usize = 6;
+
 /// The cloud kernel with its KVM modules, and busybox: everything the rig boots as L1,
 /// and the pieces of an L2 guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +74,8 @@ pub struct Artifacts {
     pub modules: Vec<PathBuf>,
     /// Modules guests load ([`GUEST_MODULES`], uncompressed), in order.
     pub guest_modules: Vec<PathBuf>,
+    /// The virtio modules ([`VIRTIO_MODULES`], uncompressed), in load order.
+    pub virtio_modules: Vec<PathBuf>,
     /// The static busybox binary.
     pub busybox: PathBuf,
 }
@@ -59,19 +83,21 @@ pub struct Artifacts {
 impl Artifacts {
     /// The cloud kernel artifacts and busybox, downloading them on first use.
     pub fn get() -> Result<Artifacts> {
-        let (dir, stamp) = cached("linux-cloud-v3", |tmp| {
+        let (dir, stamp) = cached("linux-cloud-v4", |tmp| {
             fetch_kernel("linux-image-cloud-amd64", tmp, true)
         })?;
         let modules = KVM_MODULES
             .iter()
             .map(|m| dir.join(format!("{}.ko", module_name(m))))
             .collect();
-        let guest_modules = GUEST_MODULES
-            .iter()
-            .map(|m| dir.join(format!("{}.ko", module_name(m))))
-            .collect();
+        let in_dir = |list: &[&str]| -> Vec<PathBuf> {
+            list.iter()
+                .map(|m| dir.join(format!("{}.ko", module_name(m))))
+                .collect()
+        };
         Ok(Artifacts {
-            guest_modules,
+            guest_modules: in_dir(&GUEST_MODULES),
+            virtio_modules: in_dir(&VIRTIO_MODULES),
             bzimage: dir.join("vmlinuz"),
             vmlinux: dir.join("vmlinux"),
             kernel_version: stamp.get("kernel_version")?,
@@ -210,6 +236,7 @@ fn fetch_kernel(meta: &str, into: &Path, kvm: bool) -> Result<Stamp> {
             KVM_MODULES
                 .iter()
                 .chain(GUEST_MODULES.iter())
+                .chain(VIRTIO_MODULES.iter())
                 .map(|m| format!("*/modules/*/kernel/{m}.ko*")),
         );
     }
@@ -230,7 +257,11 @@ fn fetch_kernel(meta: &str, into: &Path, kvm: bool) -> Result<Stamp> {
             .map(|d| root.join(d).join(&kernel_version).join("kernel"))
             .find(|d| d.is_dir())
             .ok_or_else(|| err!("{package} has no lib/modules/{kernel_version}/kernel"))?;
-        for m in KVM_MODULES.iter().chain(GUEST_MODULES.iter()) {
+        for m in KVM_MODULES
+            .iter()
+            .chain(GUEST_MODULES.iter())
+            .chain(VIRTIO_MODULES.iter())
+        {
             install_module(&tree, m, &into.join(format!("{}.ko", module_name(m))))?;
         }
     }

@@ -32,19 +32,22 @@ const TAIL_LINES: usize = 60;
 
 /// Words that start the error of a batch whose L1 wedged (see [`execute`]).
 const WEDGED: &str = "L1 wedged:";
+/// Words in the error of a batch whose L1 stopped (reset or powered off) early.
+const L1_STOPPED: &str = "L1 stopped before finishing the batch";
 
 /// Boot L1 with `qemu`, run the batch in it, and collect the results.
 ///
-/// A run whose process SIGKILL cannot end is stuck inside L1's kernel (seen once in CI: a
-/// vCPU thread of a 2-vCPU guest spinning in L1's KVM with soft-lockup warnings, never
-/// reproduced in 16 further tries). That is a fault of the rig's nested KVM under TCG, which
-/// a user's hardware KVM does not run, so the whole batch is repeated once in a fresh L1;
-/// the wedge, with the stuck threads' kernel stacks, is printed on stderr either way, and
-/// a second wedge fails the batch.
+/// Two faults of the rig itself (QEMU's TCG emulation of AMD-V, which a user's hardware
+/// KVM does not run) end a batch early, rarely: a run whose process SIGKILL cannot end
+/// because its vCPU thread spins inside L1's KVM (soft-lockup warnings; seen once in CI),
+/// and L1 resetting without a word in the middle of a run (seen once in 24 tries). A Kiln
+/// process cannot cause either without a bug in L1's kernel, so the whole batch is then
+/// repeated once in a fresh L1; what happened, with the stuck threads' kernel stacks or
+/// L1's console tail, is printed on stderr, and a second failure fails the batch.
 pub(crate) fn execute(batch: &Batch, qemu: &Path) -> Result<BatchResult> {
     let _one = ONE_L1.lock().unwrap_or_else(|e| e.into_inner());
     match execute_once(batch, qemu) {
-        Err(e) if e.0.contains(WEDGED) => {
+        Err(e) if e.0.contains(WEDGED) || e.0.contains(L1_STOPPED) => {
             eprintln!("rig: {e}\nrig: repeating the whole batch once in a fresh L1");
             execute_once(batch, qemu)
         }
@@ -152,7 +155,7 @@ fn build_tree(batch: &Batch, arts: &Artifacts) -> Result<(Initramfs, Vec<Vec<Str
         if let Some(input) = &spec.stdin {
             tree.file(&format!("/rig/stdin/{i}"), 0o644, input.clone());
         }
-        all_args.push(spec.resolve_args(|k| paths[k].clone())?);
+        all_args.push(spec.resolve_args(|k| paths[k].clone(), "/rig/bin/kiln")?);
     }
     Ok((tree, all_args))
 }
@@ -338,11 +341,16 @@ fn boot(
     let mut console = String::new();
     let mut boot_seconds = None;
     let mut problem = None;
+    // The console as it arrives, for watching a long batch (`tail -f`).
+    let mut live = std::fs::File::create(artifacts_dir().join("rig-live-console.log")).ok();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.max(Duration::from_millis(1))) {
             Ok(line) => {
                 let line = String::from_utf8_lossy(&line).replace('\r', "");
+                if let Some(f) = live.as_mut() {
+                    let _ = std::io::Write::write_all(f, line.as_bytes());
+                }
                 if boot_seconds.is_none() && line.starts_with("KILN-RIG-BEGIN ") {
                     boot_seconds = Some(started.elapsed().as_secs_f64());
                 }
@@ -370,7 +378,7 @@ fn boot(
     let qemu_stderr = errs.join().unwrap_or_default();
     if problem.is_none() && !console.contains("KILN-RIG-DONE") {
         problem = Some(format!(
-            "L1 stopped before finishing the batch (QEMU {status}; QEMU stderr: {})",
+            "{L1_STOPPED} (QEMU {status}; QEMU stderr: {})",
             qemu_stderr.trim()
         ));
     }

@@ -7,7 +7,8 @@
 //! every L1 boot costs seconds.
 //!
 //! A [`RunSpec`] is one invocation: Kiln's arguments, the files they refer to as
-//! `{file:NAME}`, standard input and a timeout. Each produces a [`RunResult`]. A run may
+//! `{file:NAME}` (and `{kiln}`, the kiln binary where the run happens, for shell
+//! scripts), standard input and a timeout. Each produces a [`RunResult`]. A run may
 //! name another program than Kiln ([`RunSpec::program`], e.g. a peer VMM for a
 //! benchmark); [`Batch::carry_program`] and [`Batch::carry_file`] bring such programs
 //! (with their shared libraries) and their data files into L1 at their host paths.
@@ -143,9 +144,14 @@ impl RunSpec {
     }
 
     /// The arguments with each `{file:NAME}` replaced by `path_of(NAME)`.
-    pub(crate) fn resolve_args(&self, path_of: impl Fn(usize) -> String) -> Result<Vec<String>> {
+    pub(crate) fn resolve_args(
+        &self,
+        path_of: impl Fn(usize) -> String,
+        kiln: &str,
+    ) -> Result<Vec<String>> {
         let mut out = Vec::with_capacity(self.args.len());
         for arg in &self.args {
+            let arg = arg.replace("{kiln}", kiln);
             let mut s = String::new();
             let mut rest = arg.as_str();
             while let Some(at) = rest.find("{file:") {
@@ -377,7 +383,7 @@ impl Batch {
             .enumerate()
             .map(|(i, spec)| {
                 let program = spec.program.as_ref().unwrap_or(&self.kiln);
-                let r = run_direct(program, spec, &dir, i)?;
+                let r = run_direct(program, &self.kiln, spec, &dir, i)?;
                 if let Some(p) = &self.progress {
                     (p.0)(&r.name, r.status, r.seconds);
                 }
@@ -395,7 +401,13 @@ impl Batch {
 }
 
 /// Run one spec on this machine with `program` (kiln, or the spec's own program).
-fn run_direct(program: &Path, spec: &RunSpec, dir: &Path, index: usize) -> Result<RunResult> {
+fn run_direct(
+    program: &Path,
+    kiln: &Path,
+    spec: &RunSpec,
+    dir: &Path,
+    index: usize,
+) -> Result<RunResult> {
     let mut paths = Vec::new();
     for (name, source) in &spec.files {
         paths.push(match source {
@@ -409,7 +421,10 @@ fn run_direct(program: &Path, spec: &RunSpec, dir: &Path, index: usize) -> Resul
             }
         });
     }
-    let args = spec.resolve_args(|i| paths[i].to_string_lossy().into_owned())?;
+    let args = spec.resolve_args(
+        |i| paths[i].to_string_lossy().into_owned(),
+        &kiln.to_string_lossy(),
+    )?;
     let started = Instant::now();
     let mut child = Command::new(program)
         .args(&args)
@@ -491,14 +506,19 @@ mod tests {
         )
         .file("code", "bytes")
         .file("a", PathBuf::from("/x"));
-        let args = spec.resolve_args(|i| format!("/p{i}")).unwrap();
+        let args = spec.resolve_args(|i| format!("/p{i}"), "/k").unwrap();
         assert_eq!(args, ["run", "--load", "/p0@0xf0000", "/p1/p0"]);
-        let bad = RunSpec::new("r", ["{file:nope}"]).resolve_args(|_| String::new());
+        let bad = RunSpec::new("r", ["{file:nope}"]).resolve_args(|_| String::new(), "/k");
         assert!(bad.unwrap_err().0.contains("nope"));
         assert!(RunSpec::new("r", ["{file:x"])
             .file("x", "")
-            .resolve_args(|_| String::new())
+            .resolve_args(|_| String::new(), "/k")
             .is_err());
+        let sh = RunSpec::new("r", ["-c", "{kiln} img read {file:x} 0 1 | md5sum"])
+            .file("x", "")
+            .resolve_args(|_| "/f".into(), "/rig/bin/kiln")
+            .unwrap();
+        assert_eq!(sh[1], "/rig/bin/kiln img read /f 0 1 | md5sum");
         assert!(RunSpec::new("r", ["a"]).file("a/b", "").check().is_err());
     }
 

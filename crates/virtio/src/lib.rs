@@ -5,6 +5,8 @@
 //! - [`pci`]: the virtio 1.x modern PCI transport (common/notify/ISR/device capabilities in
 //!   one memory BAR, MSI-X) that puts any [`VirtioDevice`] on Kiln's PCI bus.
 //! - [`blk`]: virtio-blk on Kiln's block layer (raw, qcow2, backing chains).
+//! - [`rng`]: virtio-rng, fed from the host's `/dev/urandom`.
+//! - [`worker`]: the queue thread and ring-draining loop simple devices share.
 //!
 //! Device code sees guest memory only through vm-memory and rings only through
 //! virtio-queue, whose checks (descriptor addresses inside guest memory, chain lengths,
@@ -13,5 +15,7 @@
 pub mod blk;
 pub mod device;
 pub mod pci;
+pub mod rng;
+pub mod worker;
 
 pub use device::{Activation, GuestMemory, Interrupt, VirtioDevice};

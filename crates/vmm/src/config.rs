@@ -110,6 +110,8 @@ pub struct VmConfig {
     pub boot_timer: Option<std::time::Instant>,
     /// virtio-blk disks (kernel guests only).
     pub disks: Vec<DiskConfig>,
+    /// A virtio-rng device fed from the host's /dev/urandom (kernel guests only).
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -126,6 +128,7 @@ impl VmConfig {
             acpi: true,
             boot_timer: None,
             disks: Vec::new(),
+            rng: false,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The VM's virtio devices: each configured disk becomes a virtio-blk device behind the
-//! modern PCI transport, with a BAR from the 32-bit MMIO hole and one MSI GSI per vector.
-//! [`VirtioDevices`] stops their threads before guest memory goes away.
+//! The VM's virtio devices: each configured disk becomes a virtio-blk device, and `rng` a
+//! virtio-rng device, behind the modern PCI transport, with a BAR from the 32-bit MMIO
+//! hole and one MSI GSI per vector. [`VirtioDevices`] stops their threads before guest
+//! memory goes away.
 
 use crate::config::VmConfig;
 use crate::error::{Result, VmmError};
@@ -11,6 +12,7 @@ use kiln_devices::bus::{lock, Bus};
 use kiln_devices::pci::{PciHost, PciRoot};
 use kiln_virtio::blk::VirtioBlk;
 use kiln_virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use kiln_virtio::rng::VirtioRng;
 use kiln_virtio::VirtioDevice;
 use kvm_ioctls::VmFd;
 use std::sync::{Arc, Mutex};
@@ -32,7 +34,7 @@ impl VirtioDevices {
         res: &mut Resources,
     ) -> Result<Self> {
         let mut me = VirtioDevices::default();
-        if config.disks.is_empty() {
+        if config.disks.is_empty() && !config.rng {
             return Ok(me);
         }
         let host: Arc<dyn PciHost> = Arc::new(VmPciHost::new(vm_fd.clone(), mmio.clone()));
@@ -43,7 +45,7 @@ impl VirtioDevices {
                 no_backing: false,
             };
             let disk = kiln_block::open(&d.path, &opts)
-                .map_err(|e| VmmError::Config(format!("disk {}: {e}", d.path.display())))?;
+                .map_err(|e| VmmError::Config(format!("disk: {e}")))?;
             me.add(
                 Box::new(VirtioBlk::new(disk, d.serial.clone())),
                 memory,
@@ -51,6 +53,11 @@ impl VirtioDevices {
                 root,
                 res,
             )?;
+        }
+        if config.rng {
+            let rng = VirtioRng::new()
+                .map_err(|e| VmmError::Config(format!("virtio-rng: /dev/urandom: {e}")))?;
+            me.add(Box::new(rng), memory, &host, root, res)?;
         }
         Ok(me)
     }

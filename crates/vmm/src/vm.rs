@@ -135,9 +135,9 @@ impl Vm {
             Some(root) => {
                 VirtioDevices::build(config, &memory, &vm_fd, &mmio, root, &mut resources)?
             }
-            None if !config.disks.is_empty() => {
+            None if !config.disks.is_empty() || config.rng => {
                 return Err(VmmError::Config(
-                    "disks need a kernel guest (--kernel): virtio-blk sits on PCI".into(),
+                    "virtio devices need a kernel guest (--kernel): they sit on PCI".into(),
                 ))
             }
             None => VirtioDevices::default(),
