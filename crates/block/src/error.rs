@@ -20,6 +20,9 @@ pub enum Error {
     /// The image's metadata is inconsistent; it was (or would be) marked corrupt.
     #[error("{0}")]
     Corrupt(String),
+    /// Another process has the image open in a conflicting way.
+    #[error("{0}")]
+    Locked(String),
     /// An access outside the device.
     #[error(
         "access at offset {offset} length {len} is beyond the end of the device ({size} bytes)"
@@ -55,6 +58,7 @@ impl Error {
             Error::ReadOnly(m) => Error::ReadOnly(format!("{ctx}: {m}")),
             Error::Corrupt(m) => Error::Corrupt(format!("{ctx}: {m}")),
             Error::InvalidArgument(m) => Error::InvalidArgument(format!("{ctx}: {m}")),
+            Error::Locked(m) => Error::Locked(m), // already names the file
             e @ Error::OutOfRange { .. } => Error::Invalid(format!("{ctx}: {e}")),
         }
     }

@@ -1,10 +1,43 @@
-//! Positioned file I/O helpers shared by the formats: whole-buffer reads that see zeros past
-//! the end of the file, whole-buffer writes, `fdatasync`, and hole punching via `fallocate`.
+//! Positioned file I/O helpers shared by the formats: opening an image with its lock,
+//! whole-buffer reads that see zeros past the end of the file, whole-buffer writes,
+//! `fdatasync`, and hole punching via `fallocate`.
 
 use crate::{Error, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// Open an image file and lock it: exclusively when it is opened for writing, shared
+/// when read-only, so two writers (or a writer and a reader) cannot use one image at
+/// once and corrupt it. The lock (`flock`) goes away with the file.
+pub(crate) fn open_image(path: &Path, read_only: bool) -> Result<File> {
+    let ctx = || path.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|e| Error::io(ctx(), e))?;
+    let mode = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock only reads the descriptor number, which `file` keeps open.
+    let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked(format!(
+                "{}: in use by another process (it holds the image's {} lock)",
+                ctx(),
+                if read_only { "write" } else { "read or write" }
+            )));
+        }
+        return Err(Error::io(ctx(), e));
+    }
+    Ok(file)
+}
 
 /// Read `buf.len()` bytes at `offset`; bytes past the end of the file read as zeros.
 pub(crate) fn read_full(file: &File, buf: &mut [u8], offset: u64) -> Result<()> {

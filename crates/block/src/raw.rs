@@ -1,7 +1,7 @@
 //! Raw image files: device byte N is file byte N. Sparse-aware: zeroing and discarding punch
 //! holes (`fallocate`), falling back to writing zeros where the file system cannot.
 
-use crate::fileio::{file_len, read_full, sync, write_full, zero_range};
+use crate::fileio::{file_len, open_image, read_full, sync, write_full, zero_range};
 use crate::{check_range, BlockDevice, Error, Extent, Format, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
@@ -18,11 +18,7 @@ pub struct RawFile {
 impl RawFile {
     /// Open `path` as a raw image.
     pub fn open(path: &Path, read_only: bool) -> Result<RawFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|e| Error::io(path.display().to_string(), e))?;
+        let file = open_image(path, read_only)?;
         Self::from_file(file, read_only)
     }
 

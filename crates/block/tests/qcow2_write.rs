@@ -275,6 +275,7 @@ fn writes_landing_on_metadata_are_refused_and_mark_the_image_corrupt() {
         q.header().incompatible_features & qcow2::header::INCOMPAT_CORRUPT,
         0
     );
+    drop(q);
     let e = qcow2::Qcow2::open(&img, false).unwrap_err().to_string();
     assert!(e.contains("corrupt"), "{e}");
     let info = qemu("qemu-img", &["info", s(&img)]);

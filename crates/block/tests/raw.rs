@@ -32,6 +32,13 @@ fn raw_files_read_write_and_punch_holes() {
         d.write_at(&[0; 2], (4 << 20) - 1),
         Err(Error::OutOfRange { .. })
     ));
+    // While a writer has the image, nobody else may open it; afterwards readers share it.
+    let e = RawFile::open(&p, true).unwrap_err();
+    assert!(matches!(e, Error::Locked(_)), "{e}");
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    drop(d);
     let mut ro = RawFile::open(&p, true).unwrap();
+    let _ro2 = RawFile::open(&p, true).unwrap();
+    assert!(matches!(RawFile::open(&p, false), Err(Error::Locked(_))));
     assert!(matches!(ro.write_at(&[0], 0), Err(Error::ReadOnly(_))));
 }

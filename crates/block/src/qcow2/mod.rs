@@ -27,7 +27,7 @@ use crate::{check_range, BlockDevice, Error, Extent, Format, Result};
 use cache::Cache;
 use header::INCOMPAT_CORRUPT;
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// L1 entry: the L2 table offset.
@@ -106,11 +106,7 @@ impl Qcow2 {
     /// Open a qcow2 image without its backing file (see [`crate::open`] for chains).
     pub fn open(path: &Path, read_only: bool) -> Result<Qcow2> {
         let ctx = path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|e| Error::io(ctx.clone(), e))?;
+        let file = crate::fileio::open_image(path, read_only)?;
         Self::from_file(file, path, read_only).map_err(|e| e.context(&ctx))
     }
 
