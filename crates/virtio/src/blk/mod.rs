@@ -18,6 +18,8 @@
 mod chain;
 mod config;
 mod device;
+/// The fuzz target's body: arbitrary bytes as a queue, guest memory and disk, run and checked.
+pub mod fuzz;
 mod queue;
 mod request;
 mod worker;

@@ -2,9 +2,10 @@
 //! each chain and puts it on the used ring, and decides whether the driver wants an
 //! interrupt. The worker thread calls it on every kick; tests and fuzzers call it directly.
 //!
-//! Ring-level corruption (an available index more than a queue ahead, a head index beyond
-//! the queue, rings outside guest memory) cannot be answered per request: the processor
-//! reports the queue broken and refuses to touch it again until it is rebuilt (reset).
+//! Ring-level corruption (an available index more than a queue ahead or moving back, a
+//! head index beyond the queue, rings outside guest memory) cannot be answered per request:
+//! the processor reports the queue broken and refuses to touch it again until it is rebuilt
+//! (reset).
 
 use super::chain::Framing;
 use super::config::bit;
@@ -162,6 +163,11 @@ impl QueueProcessor {
             out.broken = true;
             return out;
         }
+        // Set when enable_notification found the available index ahead of next_avail: the
+        // next pass must then find a chain. If it finds the index equal again, the index
+        // moved back (or the device's own used-flags write lands on it, the rings
+        // overlapping), and re-checking would spin forever without completing anything.
+        let mut recheck = false;
         'drain: loop {
             if queue.disable_notification(mem).is_err() {
                 out.broken = true;
@@ -174,6 +180,7 @@ impl QueueProcessor {
                 }
                 match next_chain(mem, queue) {
                     Ok(Some(chain)) => {
+                        recheck = false;
                         let head = chain.head_index();
                         let len = self.serve(mem, chain);
                         if queue.add_used(mem, head, len).is_err() {
@@ -181,6 +188,10 @@ impl QueueProcessor {
                             break 'drain;
                         }
                         out.completed += 1;
+                    }
+                    Ok(None) if recheck => {
+                        out.broken = true;
+                        break 'drain;
                     }
                     Ok(None) => break,
                     Err(Corrupt) => {
@@ -190,7 +201,10 @@ impl QueueProcessor {
                 }
             }
             match queue.enable_notification(mem) {
-                Ok(true) => continue,
+                Ok(true) => {
+                    recheck = true;
+                    continue;
+                }
                 Ok(false) => break,
                 Err(_) => {
                     out.broken = true;
