@@ -133,6 +133,11 @@ struct RunArgs {
     #[arg(long, requires = "kernel")]
     rng: bool,
 
+    /// Give the guest a virtio console (hvc0; use console=hvc0): standard input goes to
+    /// it instead of COM1; both write to standard output.
+    #[arg(long, requires = "kernel")]
+    virtio_console: bool,
+
     /// Boot Linux without ACPI tables (the classic -no-acpi); an MP table describes
     /// the CPUs and the IOAPIC instead.
     #[arg(long)]
@@ -353,6 +358,7 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
     }
     config.disks.extend(args.disk);
     config.rng = args.rng;
+    config.virtio_console = args.virtio_console;
 
     let outcome = loop {
         let vm = Vm::build(&config).map_err(|e| e.to_string())?;

@@ -1,11 +1,12 @@
-//! virtio-blk and virtio-rng on a real KVM (directly, or in the rig), with Debian's kernel
-//! and its own virtio modules: the guest sees the disks with their size, serial and read-only flag;
+//! virtio-blk, virtio-rng and virtio-console on a real KVM (directly, or in the rig), with
+//! Debian's kernel and its own virtio modules: the guest sees the disks with their size, serial and read-only flag;
 //! data written by the guest (one stream, and 16 writers at once) is on the image
 //! afterwards byte for byte (`kiln img read`, compared by MD5 where the run happened); a read-only disk refuses writes; Linux
 //! boots with root=/dev/vda from a raw ext4 image and from a qcow2 overlay on it, and
 //! the file the guest wrote is there (`qemu-img convert` + `debugfs`), `qemu-img check`
 //! finds the overlay clean and the backing file is unchanged; /dev/hwrng gives random
-//! bytes from virtio-rng. One L1 boot carries it all.
+//! bytes from virtio-rng; hvc0 writes to Kiln's stdout and reads its stdin. One L1 boot
+//! carries it all.
 
 use kiln_testrig::artifacts::VIRTIO_BLK_MODULES;
 use kiln_testrig::initramfs::guest_initramfs;
@@ -26,6 +27,17 @@ for d in /sys/bus/virtio/devices/*; do
     echo "virtio=$(basename $d) device=$(cat $d/device) driver=$(basename $(readlink $d/driver))"
 done
 mode=$(sed -n 's/.*kiln\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+if [ "$mode" = console ]; then
+    echo "hvc=$(cat /sys/class/tty/hvc0/dev)"
+    # One open for both: closing the tty would flush input that already arrived.
+    exec 3<>/dev/hvc0
+    # No tty echo: it would interleave with this script's COM1 output on Kiln's stdout.
+    stty -echo <&3
+    echo "hello-from-hvc0" >&3
+    read -t 60 line <&3
+    echo "got=$line"
+    poweroff -f
+fi
 if [ "$mode" = root ]; then
     root=$(sed -n 's/.*root=\([^ ]*\).*/\1/p' /proc/cmdline)
     mkdir -p /newroot
@@ -158,14 +170,15 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
     let dir = tempfile::tempdir().unwrap();
     let mut tree = guest_initramfs(&art.busybox, Some(INIT)).unwrap();
     let mut names = Vec::new();
-    let rng_module = art
-        .virtio_modules
-        .iter()
-        .find(|m| m.ends_with("virtio-rng.ko"))
-        .expect("virtio-rng module");
+    let module = |name: &str| {
+        art.virtio_modules
+            .iter()
+            .find(|m| m.ends_with(name))
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
     for m in art.virtio_modules[..VIRTIO_BLK_MODULES]
         .iter()
-        .chain([rng_module])
+        .chain([module("virtio-rng.ko"), module("virtio_console.ko")])
     {
         let name = m.file_stem().unwrap().to_string_lossy().into_owned();
         tree.file(&format!("/m/{name}.ko"), 0o644, m.as_path());
@@ -273,6 +286,10 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
             &["--disk", &format!("path={overlay},format=qcow2")],
             "root=/dev/vda kiln.mode=root",
         ))
+        .run(
+            linux("console", &["--virtio-console"], "kiln.mode=console")
+                .stdin("typed-into-hvc0\n"),
+        )
         .run(sh("overlay-check", &format!("{q} check {overlay}")))
         .run(sh(
             "overlay-file",
@@ -382,6 +399,15 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
     );
     let f = result.run("overlay-file");
     assert_eq!(f.stdout_text().trim(), "written by the guest on qcow2-root");
+    // virtio console: hvc0 exists, its output reaches Kiln's stdout, and standard input
+    // went to it (not to COM1).
+    let r = result.run("console");
+    let out = r.stdout_text();
+    assert_eq!(r.status, Some(0), "{out}\n{}", r.stderr_text());
+    assert!(field(r, &out, "hvc").contains(':'), "{out}");
+    assert!(out.contains("hello-from-hvc0"), "{out}");
+    assert_eq!(field(r, &out, "got"), "typed-into-hvc0", "{out}");
+
     let b = result.run("base-md5");
     assert_eq!(b.stdout_text().trim(), base_md5, "the backing file changed");
 }

@@ -5,6 +5,7 @@
 //! - [`pci`]: the virtio 1.x modern PCI transport (common/notify/ISR/device capabilities in
 //!   one memory BAR, MSI-X) that puts any [`VirtioDevice`] on Kiln's PCI bus.
 //! - [`blk`]: virtio-blk on Kiln's block layer (raw, qcow2, backing chains).
+//! - [`console`]: virtio-console, one port: host input to the guest, guest output to a writer.
 //! - [`rng`]: virtio-rng, fed from the host's `/dev/urandom`.
 //! - [`worker`]: the queue thread and ring-draining loop simple devices share.
 //!
@@ -13,6 +14,7 @@
 //! index sanity) are the first line against a hostile driver.
 
 pub mod blk;
+pub mod console;
 pub mod device;
 pub mod pci;
 pub mod rng;

@@ -112,6 +112,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// A virtio-rng device fed from the host's /dev/urandom (kernel guests only).
     pub rng: bool,
+    /// A virtio console (the guest's hvc0; kernel guests only). Its output goes where the
+    /// serial port's does, and standard input goes to it instead of to the serial port.
+    pub virtio_console: bool,
 }
 
 impl VmConfig {
@@ -129,6 +132,7 @@ impl VmConfig {
             boot_timer: None,
             disks: Vec::new(),
             rng: false,
+            virtio_console: false,
         }
     }
 }

@@ -2,11 +2,14 @@
 //! the terminal in raw mode while a guest runs (only when stdin is a terminal, restored
 //! on every way out), and QEMU's escape `Ctrl-A x` to quit (`Ctrl-A Ctrl-A` sends one
 //! Ctrl-A). SIGINT and SIGTERM are taken through a signalfd so they stop the VM cleanly.
+//! [`SharedOutput`] is the one output the guest's consoles share.
 
 use crate::error::{os_err, Result};
+use kiln_devices::bus::lock;
 use std::fs::File;
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::terminal::Terminal;
 
 /// Ctrl-A, the escape prefix.
@@ -188,5 +191,31 @@ mod tests {
         assert_eq!(c.filter(b"\x01"), InputEvent::Bytes(vec![]));
         assert_eq!(c.filter(b"x"), InputEvent::Quit);
         assert_eq!(c.filter(b"\x01q"), InputEvent::Bytes(b"\x01q".to_vec()));
+    }
+}
+
+/// One output shared by the guest's consoles (COM1 and the virtio console): each write
+/// goes through whole, so lines from the two do not interleave mid-write.
+#[derive(Clone)]
+pub struct SharedOutput(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl SharedOutput {
+    /// Share `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        SharedOutput(Arc::new(Mutex::new(out)))
+    }
+}
+
+impl Write for SharedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        lock(&self.0).write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        lock(&self.0).flush()
     }
 }

@@ -1,5 +1,5 @@
-//! The VM's virtio devices: each configured disk becomes a virtio-blk device, and `rng` a
-//! virtio-rng device, behind the modern PCI transport, with a BAR from the 32-bit MMIO
+//! The VM's virtio devices: each configured disk becomes a virtio-blk device, `rng` a
+//! virtio-rng device and `virtio_console` a virtio console, behind the modern PCI transport, with a BAR from the 32-bit MMIO
 //! hole and one MSI GSI per vector. [`VirtioDevices`] stops their threads before guest
 //! memory goes away.
 
@@ -11,22 +11,28 @@ use crate::resources::Resources;
 use kiln_devices::bus::{lock, Bus};
 use kiln_devices::pci::{PciHost, PciRoot};
 use kiln_virtio::blk::VirtioBlk;
+use kiln_virtio::console::{ConsoleInput, VirtioConsole};
 use kiln_virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use kiln_virtio::rng::VirtioRng;
 use kiln_virtio::VirtioDevice;
 use kvm_ioctls::VmFd;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 /// The VM's virtio devices.
 #[derive(Default)]
 pub struct VirtioDevices {
     devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    /// Where input for the virtio console goes, when there is one.
+    pub console_input: Option<ConsoleInput>,
 }
 
 impl VirtioDevices {
-    /// Create the devices `config` asks for and put them on `root`.
+    /// Create the devices `config` asks for and put them on `root`; a virtio console
+    /// (when `config` asks for one) writes to `console_out`.
     pub fn build(
         config: &VmConfig,
+        console_out: Option<Box<dyn Write + Send>>,
         memory: &GuestMem,
         vm_fd: &Arc<VmFd>,
         mmio: &Arc<Bus>,
@@ -34,7 +40,7 @@ impl VirtioDevices {
         res: &mut Resources,
     ) -> Result<Self> {
         let mut me = VirtioDevices::default();
-        if config.disks.is_empty() && !config.rng {
+        if config.disks.is_empty() && !config.rng && console_out.is_none() {
             return Ok(me);
         }
         let host: Arc<dyn PciHost> = Arc::new(VmPciHost::new(vm_fd.clone(), mmio.clone()));
@@ -58,6 +64,12 @@ impl VirtioDevices {
             let rng = VirtioRng::new()
                 .map_err(|e| VmmError::Config(format!("virtio-rng: /dev/urandom: {e}")))?;
             me.add(Box::new(rng), memory, &host, root, res)?;
+        }
+        if let Some(out) = console_out {
+            let (console, input) = VirtioConsole::new(out)
+                .map_err(|e| VmmError::Config(format!("virtio-console: {e}")))?;
+            me.add(Box::new(console), memory, &host, root, res)?;
+            me.console_input = Some(input);
         }
         Ok(me)
     }

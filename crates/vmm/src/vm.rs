@@ -1,7 +1,7 @@
 //! The VM: built from a [`VmConfig`], run until the guest or the user stops it.
 
 use crate::config::VmConfig;
-use crate::console::{ConsoleInput, InputEvent, StopSignals};
+use crate::console::{ConsoleInput, InputEvent, SharedOutput, StopSignals};
 use crate::error::{kvm_err, os_err, Result, VmmError};
 use crate::exits::ExitStats;
 use crate::kvm;
@@ -77,8 +77,10 @@ impl Vm {
         Self::build_with_console(config, Box::new(std::io::stdout()))
     }
 
-    /// Build a VM whose serial console writes to `out`.
+    /// Build a VM whose serial console (and virtio console, if any) writes to `out`.
     pub fn build_with_console(config: &VmConfig, out: Box<dyn Write + Send>) -> Result<Vm> {
+        // COM1 and the virtio console share the output.
+        let out = SharedOutput::new(out);
         let path = kvm::kvm_path(config.kvm_path.as_deref());
         let kvm = kvm::open(&path)?;
         let layout = MemoryLayout::new(config.memory);
@@ -130,12 +132,21 @@ impl Vm {
             mmio,
             serial,
             pci,
-        } = platform::build(&spec, &vm_fd, &mut resources, out)?;
+        } = platform::build(&spec, &vm_fd, &mut resources, Box::new(out.clone()))?;
+        let console_out = config
+            .virtio_console
+            .then(|| Box::new(out.clone()) as Box<dyn Write + Send>);
         let virtio = match &pci {
-            Some(root) => {
-                VirtioDevices::build(config, &memory, &vm_fd, &mmio, root, &mut resources)?
-            }
-            None if !config.disks.is_empty() || config.rng => {
+            Some(root) => VirtioDevices::build(
+                config,
+                console_out,
+                &memory,
+                &vm_fd,
+                &mmio,
+                root,
+                &mut resources,
+            )?,
+            None if !config.disks.is_empty() || config.rng || config.virtio_console => {
                 return Err(VmmError::Config(
                     "virtio devices need a kernel guest (--kernel): they sit on PCI".into(),
                 ))
@@ -235,7 +246,7 @@ impl Vm {
             } else {
                 // A regular file or similar cannot be polled: it is all readable now.
                 while let InputEvent::Bytes(b) = console.read() {
-                    lock(&self.serial).enqueue_input(&b);
+                    deliver_input(&self.virtio, &self.serial, &b);
                 }
             }
         }
@@ -266,6 +277,14 @@ impl Vm {
             _slots: self.slots,
             _ram: self._ram,
         })
+    }
+}
+
+/// Standard input goes to the virtio console when there is one, else to COM1.
+fn deliver_input(virtio: &VirtioDevices, serial: &Arc<Mutex<SerialPort>>, bytes: &[u8]) {
+    match &virtio.console_input {
+        Some(console) => console.send(bytes),
+        None => lock(serial).enqueue_input(bytes),
     }
 }
 
@@ -381,7 +400,7 @@ impl RunningVm {
             return;
         };
         match console.read() {
-            InputEvent::Bytes(b) => lock(&self.serial).enqueue_input(&b),
+            InputEvent::Bytes(b) => deliver_input(&self.virtio, &self.serial, &b),
             InputEvent::Quit => self.shared.stop.request(StopReason::UserQuit, None),
             InputEvent::Eof => {
                 let _ = self.epoll.ctl(

@@ -4,9 +4,9 @@
 
 use super::config::{self, bit, CONFIG_SIZE};
 use super::queue::{BlkCounters, QueueProcessor};
-use super::worker::{self, WorkerHandle};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use crate::device::{ActivateError, Activation};
+use crate::worker::{self, WorkerHandle};
 use crate::VirtioDevice;
 use kiln_block::BlockDevice;
 use std::sync::{Arc, Mutex};
@@ -138,9 +138,10 @@ impl VirtioDevice for VirtioBlk {
         }
         let processor = self.queue_processor(acked_features);
         self.worker = Some(worker::spawn(
+            "virtio-blk",
             processor,
             mem,
-            queue,
+            vec![queue],
             config_interrupt,
             needs_reset,
         )?);

@@ -8,7 +8,6 @@
 //! - `chain`: how a descriptor chain frames a request; guest-memory access through it.
 //! - `request`: one descriptor chain as a request (virtio 1.2 §5.2.6): type checks,
 //!   bounded bounce-buffer I/O against the [`kiln_block::BlockDevice`], the status.
-//! - `worker`: the "virtio-blk" thread that waits for kicks and runs the processor.
 //!
 //! The guest is untrusted: every descriptor address and length is checked through
 //! vm-memory, every sector range against the capacity with checked arithmetic, and memory
@@ -22,7 +21,6 @@ mod device;
 pub mod fuzz;
 mod queue;
 mod request;
-mod worker;
 
 #[cfg(test)]
 mod tests;

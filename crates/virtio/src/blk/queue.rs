@@ -287,3 +287,21 @@ fn next_chain<'m>(
     }
     Ok(Some(chain))
 }
+
+/// The worker thread runs the processor like any other device's queue service.
+impl crate::worker::QueueService for QueueProcessor {
+    fn serve(
+        &mut self,
+        _index: usize,
+        mem: &GuestMemory,
+        queue: &mut Queue,
+    ) -> crate::worker::Drained {
+        let out = self.process_queue(mem, queue);
+        crate::worker::Drained {
+            completed: out.completed,
+            notify: out.notify,
+            more: out.more,
+            broken: out.broken,
+        }
+    }
+}
