@@ -12,7 +12,9 @@
 use crate::device::{ActiveQueue, NeedsReset};
 use crate::{GuestMemory, Interrupt};
 use std::io;
+use std::num::Wrapping;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -57,9 +59,9 @@ pub fn drain(
                 out.more = true;
                 break 'drain;
             }
-            let chain = match queue.iter(mem) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
+            let chain = match next_chain(mem, queue) {
+                Ok(c) => c,
+                Err(Corrupt) => {
                     out.broken = true;
                     break 'drain;
                 }
@@ -96,6 +98,38 @@ pub fn drain(
         out.notify = queue.needs_notification(mem).unwrap_or(true);
     }
     out
+}
+
+struct Corrupt;
+
+/// The next available chain, or `None` when the driver has published nothing new. A ring
+/// the driver corrupted is an error: an available index more than a queue ahead of the
+/// device, an entry that cannot be read, or a head index beyond the queue.
+fn next_chain<'m>(
+    mem: &'m GuestMemory,
+    queue: &mut Queue,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, Corrupt> {
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|_| Corrupt)?;
+    let next = Wrapping(queue.next_avail());
+    if avail == next {
+        return Ok(None);
+    }
+    if (avail - next).0 > queue.size() {
+        return Err(Corrupt);
+    }
+    // The iterator re-reads the index; None now means the ring entry was unreadable or
+    // the driver moved the index back, both corrupt.
+    let chain = queue
+        .iter(mem)
+        .map_err(|_| Corrupt)?
+        .next()
+        .ok_or(Corrupt)?;
+    if chain.head_index() >= queue.size() {
+        return Err(Corrupt);
+    }
+    Ok(Some(chain))
 }
 
 /// A device's queue handling, run on the worker thread.

@@ -11,16 +11,16 @@ use super::chain::Framing;
 use super::config::bit;
 use super::request::{execute, write_status, Ctx, Done, Kind};
 use super::{ID_BYTES, QUEUE_SIZE};
+use crate::worker::drain;
 use crate::GuestMemory;
 use kiln_block::BlockDevice;
-use std::num::Wrapping;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryBackend;
 
 /// Chains served per [`QueueProcessor::process_queue`] call before it returns with
@@ -88,19 +88,8 @@ impl BlkCounters {
     }
 }
 
-/// What one [`QueueProcessor::process_queue`] call did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueOutcome {
-    /// Chains put on the used ring.
-    pub completed: usize,
-    /// Chains were completed and the driver wants an interrupt (always, unless event-idx
-    /// was negotiated and its used_event says not yet).
-    pub notify: bool,
-    /// The budget ran out with requests still available: call again.
-    pub more: bool,
-    /// The ring is corrupt: the device must set DEVICE_NEEDS_RESET and stop using it.
-    pub broken: bool,
-}
+/// What one [`QueueProcessor::process_queue`] call did (the shared worker's report).
+pub type QueueOutcome = crate::worker::Drained;
 
 /// Serves one virtio-blk request queue against a disk.
 pub struct QueueProcessor {
@@ -115,9 +104,6 @@ pub struct QueueProcessor {
     broken: bool,
     budget: usize,
 }
-
-/// Why the next chain could not be taken.
-struct Corrupt;
 
 impl QueueProcessor {
     /// A processor for `disk` (capacity in sectors) given the features the driver accepted.
@@ -158,64 +144,13 @@ impl QueueProcessor {
     /// Serve available chains until the ring is empty (re-enabling notifications and
     /// checking once more, so no request is missed) or [`BUDGET`] chains were served.
     pub fn process_queue(&mut self, mem: &GuestMemory, queue: &mut Queue) -> QueueOutcome {
-        let mut out = QueueOutcome::default();
         if self.broken {
-            out.broken = true;
-            return out;
+            return QueueOutcome {
+                broken: true,
+                ..QueueOutcome::default()
+            };
         }
-        // Set when enable_notification found the available index ahead of next_avail: the
-        // next pass must then find a chain. If it finds the index equal again, the index
-        // moved back (or the device's own used-flags write lands on it, the rings
-        // overlapping), and re-checking would spin forever without completing anything.
-        let mut recheck = false;
-        'drain: loop {
-            if queue.disable_notification(mem).is_err() {
-                out.broken = true;
-                break;
-            }
-            loop {
-                if out.completed >= self.budget {
-                    out.more = true;
-                    break 'drain;
-                }
-                match next_chain(mem, queue) {
-                    Ok(Some(chain)) => {
-                        recheck = false;
-                        let head = chain.head_index();
-                        let len = self.serve(mem, chain);
-                        if queue.add_used(mem, head, len).is_err() {
-                            out.broken = true;
-                            break 'drain;
-                        }
-                        out.completed += 1;
-                    }
-                    Ok(None) if recheck => {
-                        out.broken = true;
-                        break 'drain;
-                    }
-                    Ok(None) => break,
-                    Err(Corrupt) => {
-                        out.broken = true;
-                        break 'drain;
-                    }
-                }
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => {
-                    recheck = true;
-                    continue;
-                }
-                Ok(false) => break,
-                Err(_) => {
-                    out.broken = true;
-                    break;
-                }
-            }
-        }
-        if out.completed > 0 {
-            // If used_event cannot be read, interrupting is the safe answer.
-            out.notify = queue.needs_notification(mem).unwrap_or(true);
-        }
+        let out = drain(mem, queue, self.budget, |chain| self.serve(mem, chain));
         self.broken = out.broken;
         out
     }
@@ -260,34 +195,6 @@ impl QueueProcessor {
     }
 }
 
-/// The next available chain, None when the ring is empty, or Corrupt.
-fn next_chain<'m>(
-    mem: &'m GuestMemory,
-    queue: &mut Queue,
-) -> Result<Option<DescriptorChain<&'m GuestMemory>>, Corrupt> {
-    let avail = queue
-        .avail_idx(mem, Ordering::Acquire)
-        .map_err(|_| Corrupt)?;
-    let next = Wrapping(queue.next_avail());
-    if avail == next {
-        return Ok(None);
-    }
-    if (avail - next).0 > queue.size() {
-        return Err(Corrupt);
-    }
-    // The iterator re-reads the index; None now means the ring entry was unreadable or
-    // the driver moved the index back, both corrupt.
-    let chain = queue
-        .iter(mem)
-        .map_err(|_| Corrupt)?
-        .next()
-        .ok_or(Corrupt)?;
-    if chain.head_index() >= queue.size() {
-        return Err(Corrupt);
-    }
-    Ok(Some(chain))
-}
-
 /// The worker thread runs the processor like any other device's queue service.
 impl crate::worker::QueueService for QueueProcessor {
     fn serve(
@@ -296,12 +203,6 @@ impl crate::worker::QueueService for QueueProcessor {
         mem: &GuestMemory,
         queue: &mut Queue,
     ) -> crate::worker::Drained {
-        let out = self.process_queue(mem, queue);
-        crate::worker::Drained {
-            completed: out.completed,
-            notify: out.notify,
-            more: out.more,
-            broken: out.broken,
-        }
+        self.process_queue(mem, queue)
     }
 }
