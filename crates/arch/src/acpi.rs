@@ -82,7 +82,8 @@ pub fn madt(vcpus: u8, ioapic_addr: u32, lapic_addr: u32) -> Vec<u8> {
     bytes
 }
 
-/// The DSDT: `\_S5` for power-off, COM1 and the RTC as ACPI devices, and pvpanic.
+/// The DSDT: `\_S5` for power-off, COM1 and the RTC as ACPI devices, pvpanic, and the
+/// PCI root bridge with its windows and INTx routing (`_PRT`).
 ///
 /// A hardware-reduced platform has no legacy PIC, so Linux maps no ISA IRQ to the IOAPIC
 /// on its own: a device that interrupts must be described here with its interrupt, or the
@@ -138,6 +139,7 @@ pub fn dsdt(mmio64: &Range<u64>) -> Vec<u8> {
     let pci_uid = aml::Name::new("_UID".into(), &0u8);
     let pci_bbn = aml::Name::new("_BBN".into(), &0u8);
     let pci_crs_name = aml::Name::new("_CRS".into(), &pci_crs);
+    let pci_prt = aml::Name::new("_PRT".into(), &pci_routing_table());
     let pci0 = aml::Device::new(
         "PCI0".into(),
         vec![
@@ -147,6 +149,7 @@ pub fn dsdt(mmio64: &Range<u64>) -> Vec<u8> {
             &pci_uid,
             &pci_bbn,
             &pci_crs_name,
+            &pci_prt,
         ],
     );
     aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &dev, &pci0]).to_aml_bytes(&mut body);
@@ -155,6 +158,31 @@ pub fn dsdt(mmio64: &Range<u64>) -> Vec<u8> {
     let mut bytes = t.as_slice().to_vec();
     checksum_fix(&mut bytes);
     bytes
+}
+
+/// First of the IOAPIC inputs PCI INTx lines are wired to (GSI 16-23, shared).
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+/// How many IOAPIC inputs carry PCI INTx.
+pub const PCI_INTX_GSIS: u32 = 8;
+
+/// The GSI that interrupt pin `pin` (0 = INTA .. 3 = INTD) of the device in `slot` of bus 0
+/// raises: the usual swizzle over GSI 16-23, as the `_PRT` in the DSDT says.
+pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_GSI_BASE + (slot as u32 + pin as u32) % PCI_INTX_GSIS
+}
+
+/// `_PRT` for bus 0: every slot's four pins to their GSI ([`pci_intx_gsi`]), in the GSI
+/// form (no link devices): `Package { slot << 16 | 0xffff, pin, 0, gsi }`.
+fn pci_routing_table() -> aml::PackageBuilder {
+    let mut prt = aml::PackageBuilder::new();
+    for slot in 1u8..32 {
+        for pin in 0u8..4 {
+            let addr = (slot as u32) << 16 | 0xffff;
+            let gsi = pci_intx_gsi(slot, pin);
+            prt.add_element(&aml::Package::new(vec![&addr, &pin, &0u8, &gsi]));
+        }
+    }
+    prt
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
@@ -259,6 +287,10 @@ mod tests {
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
         assert!(dsdt.windows(4).any(|w| w == b"RTC_"));
         assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        assert!(dsdt.windows(4).any(|w| w == b"_PRT"));
+        assert_eq!(pci_intx_gsi(1, 0), 17);
+        assert_eq!(pci_intx_gsi(7, 1), 16);
+        assert_eq!(pci_intx_gsi(31, 3), 18);
         let madt = table_at(&blob, entries[1]);
         assert_eq!(&madt[0..4], b"APIC");
         assert_eq!(sum(madt), 0);

@@ -2,7 +2,8 @@
 //! Debian's kernel and its own virtio modules: the guest sees the disks with their size, serial and read-only flag;
 //! data written by the guest (one stream, and 16 writers at once) is on the image
 //! afterwards byte for byte (`kiln img read`, compared by MD5 where the run happened); a read-only disk refuses writes; Linux
-//! boots with root=/dev/vda from a raw ext4 image and from a qcow2 overlay on it, and
+//! boots with root=/dev/vda from a raw ext4 image (MSI-X) and from a qcow2 overlay on it
+//! (pci=nomsi: INTx through the DSDT's _PRT), and
 //! the file the guest wrote is there (`qemu-img convert` + `debugfs`), `qemu-img check`
 //! finds the overlay clean and the backing file is unchanged; /dev/hwrng gives random
 //! bytes from virtio-rng; hvc0 writes to Kiln's stdout and reads its stdin. One L1 boot
@@ -77,6 +78,9 @@ export PATH=/bin
 mount -t proc proc /proc
 echo "root-mount=$(grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
 echo "root-id=$(cat /etc/kiln-id)"
+if grep virtio /proc/interrupts | grep -q PCI-MSI; then echo irqs=msix
+elif grep virtio /proc/interrupts | grep -q IO-APIC; then echo irqs=intx
+else echo irqs=none; fi
 echo "written by the guest on $(cat /etc/kiln-id)" > /hello.txt
 sync
 poweroff -f
@@ -284,7 +288,7 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
         .run(linux(
             "root-qcow2",
             &["--disk", &format!("path={overlay},format=qcow2")],
-            "root=/dev/vda kiln.mode=root",
+            "root=/dev/vda kiln.mode=root pci=nomsi",
         ))
         .run(
             linux("console", &["--virtio-console"], "kiln.mode=console")
@@ -380,6 +384,7 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
     assert_eq!(r.status, Some(0), "{out}\n{}", r.stderr_text());
     assert_eq!(field(r, &out, "root-mount"), "/dev/vda / ext4");
     assert_eq!(field(r, &out, "root-id"), "raw-root");
+    assert_eq!(field(r, &out, "irqs"), "msix");
     let f = result.run("raw-root-file");
     assert_eq!(f.stdout_text().trim(), "written by the guest on raw-root");
 
@@ -390,6 +395,11 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
     assert_eq!(r.status, Some(0), "{out}\n{}", r.stderr_text());
     assert_eq!(field(r, &out, "root-mount"), "/dev/vda / ext4");
     assert_eq!(field(r, &out, "root-id"), "qcow2-root");
+    assert_eq!(
+        field(r, &out, "irqs"),
+        "intx",
+        "pci=nomsi: INTA through the _PRT"
+    );
     let c = result.run("overlay-check");
     assert_eq!(c.status, Some(0), "qemu-img check:\n{}", c.stdout_text());
     assert!(

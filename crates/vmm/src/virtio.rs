@@ -90,8 +90,12 @@ impl VirtioDevices {
         let bar = res.allocate_mmio(name, BAR_SIZE, BAR_SIZE, true)?;
         let dev = VirtioPciDevice::new(device, memory.clone(), host.clone(), &gsis, bar.start())
             .map_err(|e| VmmError::Config(format!("{name}: {e}")))?;
-        root.add(dev.clone())
+        let slot = root
+            .add(dev.clone())
             .ok_or_else(|| VmmError::Config(format!("{name}: the PCI bus is full")))?;
+        lock(&dev)
+            .set_intx(kiln_arch::acpi::pci_intx_gsi(slot as u8, 0))
+            .map_err(|e| VmmError::Config(format!("{name}: INTx irqfd: {e}")))?;
         self.devices.push(dev);
         Ok(())
     }

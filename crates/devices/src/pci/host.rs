@@ -32,3 +32,50 @@ pub trait PciHost: Send + Sync {
     /// Undo [`attach_irqfd`](PciHost::attach_irqfd); writes to `fd` then just accumulate.
     fn detach_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()>;
 }
+
+/// A [`PciHost`] that grants everything and records each request as a line of text
+/// ("map 0xc0000000+0x8000", "ioevent 0x...", "route 24 0xfee00000 0x41", "attach 24",
+/// ...), for testing devices' resource handling without KVM.
+#[derive(Default)]
+pub struct RecordingHost(std::sync::Mutex<Vec<String>>);
+
+impl RecordingHost {
+    /// The requests since the last call.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *crate::bus::lock(&self.0))
+    }
+
+    fn push(&self, line: String) {
+        crate::bus::lock(&self.0).push(line);
+    }
+}
+
+impl PciHost for RecordingHost {
+    fn map_bar(&self, _: &'static str, a: u64, l: u64, _: SharedDevice) -> io::Result<()> {
+        self.push(format!("map {a:#x}+{l:#x}"));
+        Ok(())
+    }
+    fn unmap_bar(&self, a: u64) {
+        self.push(format!("unmap {a:#x}"));
+    }
+    fn add_ioevent(&self, _: &EventFd, a: u64) -> io::Result<()> {
+        self.push(format!("ioevent {a:#x}"));
+        Ok(())
+    }
+    fn remove_ioevent(&self, _: &EventFd, a: u64) -> io::Result<()> {
+        self.push(format!("-ioevent {a:#x}"));
+        Ok(())
+    }
+    fn set_msi_route(&self, gsi: u32, addr: u64, data: u32) -> io::Result<()> {
+        self.push(format!("route {gsi} {addr:#x} {data:#x}"));
+        Ok(())
+    }
+    fn attach_irqfd(&self, _: &EventFd, gsi: u32) -> io::Result<()> {
+        self.push(format!("attach {gsi}"));
+        Ok(())
+    }
+    fn detach_irqfd(&self, _: &EventFd, gsi: u32) -> io::Result<()> {
+        self.push(format!("detach {gsi}"));
+        Ok(())
+    }
+}

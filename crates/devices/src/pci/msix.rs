@@ -265,52 +265,15 @@ fn libc_flags() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::SharedDevice;
-    use std::sync::Mutex;
+    use crate::pci::host::RecordingHost;
 
-    /// Records what the device asked for.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
-    impl PciHost for Recorder {
-        fn map_bar(&self, _: &'static str, a: u64, l: u64, _: SharedDevice) -> io::Result<()> {
-            self.0.lock().unwrap().push(format!("map {a:#x}+{l:#x}"));
-            Ok(())
-        }
-        fn unmap_bar(&self, a: u64) {
-            self.0.lock().unwrap().push(format!("unmap {a:#x}"));
-        }
-        fn add_ioevent(&self, _: &EventFd, a: u64) -> io::Result<()> {
-            self.0.lock().unwrap().push(format!("ioevent {a:#x}"));
-            Ok(())
-        }
-        fn remove_ioevent(&self, _: &EventFd, a: u64) -> io::Result<()> {
-            self.0.lock().unwrap().push(format!("-ioevent {a:#x}"));
-            Ok(())
-        }
-        fn set_msi_route(&self, gsi: u32, addr: u64, data: u32) -> io::Result<()> {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("route {gsi} {addr:#x} {data:#x}"));
-            Ok(())
-        }
-        fn attach_irqfd(&self, _: &EventFd, gsi: u32) -> io::Result<()> {
-            self.0.lock().unwrap().push(format!("attach {gsi}"));
-            Ok(())
-        }
-        fn detach_irqfd(&self, _: &EventFd, gsi: u32) -> io::Result<()> {
-            self.0.lock().unwrap().push(format!("detach {gsi}"));
-            Ok(())
-        }
-    }
-
-    fn log(r: &Recorder) -> Vec<String> {
-        std::mem::take(&mut *r.0.lock().unwrap())
+    fn log(r: &RecordingHost) -> Vec<String> {
+        r.take()
     }
 
     #[test]
     fn vectors_attach_when_unmasked_and_keep_pending_while_masked() {
-        let host = Arc::new(Recorder::default());
+        let host = Arc::new(RecordingHost::default());
         let mut m = Msix::new(&[24, 25], host.clone()).unwrap();
         let mut cfg = ConfigSpace::new(0x1af4, 0x1042, 0x01_80_00, 1);
         m.add_capability(&mut cfg, 0, 0x4000, 0x5000);

@@ -2,7 +2,8 @@
 //!
 //! BAR 0 layout (offsets): 0x0000 common configuration, 0x1000 ISR status, 0x2000 device
 //! configuration, 0x3000 queue notify registers (4 bytes per queue), 0x4000 MSI-X table,
-//! 0x5000 MSI-X PBA. The BAR follows the guest: when the guest moves it or turns memory
+//! 0x5000 MSI-X PBA. Drivers that leave MSI-X off get INTA (GSI from the `_PRT`) with
+//! the ISR register. The BAR follows the guest: when the guest moves it or turns memory
 //! decoding off and on, the MMIO range and the notify ioeventfds move with it.
 
 use super::common_cfg::{status, CommonConfig, Effect, NO_VECTOR};
@@ -12,6 +13,7 @@ use kiln_devices::pci::config_space::{reg, ConfigSpace};
 use kiln_devices::pci::msix::Msix;
 use kiln_devices::pci::{PciDevice, PciHost};
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -46,6 +48,27 @@ impl Interrupt for NoInterrupt {
     fn trigger(&self) {}
 }
 
+/// ISR bit for a used-buffer notification.
+const ISR_QUEUE: u8 = 1;
+/// ISR bit for a configuration change.
+const ISR_CONFIG: u8 = 2;
+
+/// The INTx line: set the ISR bit, then pulse the GSI through its irqfd. The driver's
+/// handler reads (and so clears) the ISR to see why; a pulse also suits the line being
+/// shared with other devices, each of which has its own ISR.
+struct IntxInterrupt {
+    isr: Arc<AtomicU8>,
+    bit: u8,
+    fd: EventFd,
+}
+
+impl Interrupt for IntxInterrupt {
+    fn trigger(&self) {
+        self.isr.fetch_or(self.bit, Ordering::SeqCst);
+        let _ = self.fd.write(1);
+    }
+}
+
 /// A virtio device behind the modern PCI transport.
 pub struct VirtioPciDevice {
     name: &'static str,
@@ -60,6 +83,10 @@ pub struct VirtioPciDevice {
     me: Weak<Mutex<VirtioPciDevice>>,
     needs_reset: NeedsReset,
     activated: bool,
+    /// The ISR status register (INTx only).
+    isr: Arc<AtomicU8>,
+    /// The INTx line: its GSI and irqfd.
+    intx: Option<(u32, EventFd)>,
     /// Activations the device refused.
     pub activation_errors: u64,
 }
@@ -131,6 +158,8 @@ impl VirtioPciDevice {
             me: Weak::new(),
             needs_reset: NeedsReset::new(),
             activated: false,
+            isr: Arc::new(AtomicU8::new(0)),
+            intx: None,
             activation_errors: 0,
         }));
         {
@@ -171,6 +200,9 @@ impl VirtioPciDevice {
         self.activated = false;
         self.msix.reset();
         self.unmap_bar();
+        if let Some((gsi, fd)) = self.intx.take() {
+            let _ = self.host.detach_irqfd(&fd, gsi);
+        }
     }
 
     /// Map or unmap BAR 0 to match the command register and the BAR's address.
@@ -207,7 +239,19 @@ impl VirtioPciDevice {
         }
     }
 
-    fn interrupt_for(&self, vector: u16) -> Arc<dyn Interrupt> {
+    /// How a queue (`isr_bit` 1) or configuration change (`isr_bit` 2) interrupts: its
+    /// MSI-X vector while MSI-X is enabled, else the INTx line with the ISR bit.
+    fn interrupt_for(&self, vector: u16, isr_bit: u8) -> Arc<dyn Interrupt> {
+        if !self.msix.enabled() {
+            return match self.intx.as_ref().and_then(|(_, fd)| fd.try_clone().ok()) {
+                Some(fd) => Arc::new(IntxInterrupt {
+                    isr: self.isr.clone(),
+                    bit: isr_bit,
+                    fd,
+                }),
+                None => Arc::new(NoInterrupt),
+            };
+        }
         match (vector != NO_VECTOR)
             .then(|| self.msix.vector_eventfd(vector))
             .flatten()
@@ -217,6 +261,17 @@ impl VirtioPciDevice {
         }
     }
 
+    /// Wire interrupt pin INTA to `gsi` (the `_PRT` entry for this device's slot), for
+    /// drivers that do not enable MSI-X.
+    pub fn set_intx(&mut self, gsi: u32) -> io::Result<()> {
+        let fd = EventFd::new(EFD_NONBLOCK)?;
+        self.host.attach_irqfd(&fd, gsi)?;
+        self.config.bytes[reg::INTERRUPT_PIN] = 1;
+        self.config.bytes[reg::INTERRUPT_LINE] = gsi as u8;
+        self.intx = Some((gsi, fd));
+        Ok(())
+    }
+
     fn reset_device(&mut self) {
         if self.activated {
             self.device.reset();
@@ -224,6 +279,7 @@ impl VirtioPciDevice {
         }
         self.common.reset();
         self.needs_reset = NeedsReset::new();
+        self.isr.store(0, Ordering::SeqCst);
         for k in &self.kicks {
             let _ = k.read();
         }
@@ -264,14 +320,14 @@ impl VirtioPciDevice {
             queues.push(Some(ActiveQueue {
                 queue,
                 kick: self.kicks[i].try_clone().map_err(|_| ())?,
-                interrupt: self.interrupt_for(regs.vector),
+                interrupt: self.interrupt_for(regs.vector, ISR_QUEUE),
             }));
         }
         Ok(Activation {
             mem: self.mem.clone(),
             acked_features: self.common.driver_features,
             queues,
-            config_interrupt: self.interrupt_for(self.common.config_vector),
+            config_interrupt: self.interrupt_for(self.common.config_vector, ISR_CONFIG),
             needs_reset: self.needs_reset.clone(),
         })
     }
@@ -340,7 +396,8 @@ impl BusDevice for VirtioPciDevice {
                     data[0] |= status::NEEDS_RESET;
                 }
             }
-            // MSI-X only: there is no INTx line, so the ISR never has a bit to report.
+            // Reading the ISR clears it (and so acknowledges the INTx interrupt).
+            ISR => data[0] = self.isr.swap(0, Ordering::SeqCst),
             ISR..DEVICE_CFG => {}
             DEVICE_CFG..NOTIFY => self.device.read_config(offset - DEVICE_CFG, data),
             NOTIFY..MSIX_TABLE => {}
@@ -371,5 +428,123 @@ impl BusDevice for VirtioPciDevice {
 impl Drop for VirtioPciDevice {
     fn drop(&mut self) {
         self.device.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::common_cfg::off;
+    use crate::rng::VirtioRng;
+    use kiln_devices::pci::host::RecordingHost;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    fn cfg_read(d: &mut VirtioPciDevice, off: usize, len: usize) -> u32 {
+        let mut b = [0u8; 4];
+        d.config_read(off, &mut b[..len]);
+        u32::from_le_bytes(b)
+    }
+
+    fn bar_read(d: &mut VirtioPciDevice, off: u64, len: usize) -> u64 {
+        let mut b = [0u8; 8];
+        d.read(off, &mut b[..len]);
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn capabilities_bar_moves_and_intx() {
+        let mem: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let host = Arc::new(RecordingHost::default());
+        let dev = VirtioPciDevice::new(
+            Box::new(VirtioRng::new().unwrap()),
+            mem.clone(),
+            host.clone(),
+            &[24, 25],
+            0xc000_0000,
+        )
+        .unwrap();
+        let mut d = kiln_devices::bus::lock(&dev);
+        assert_eq!(host.take(), ["map 0xc0000000+0x8000", "ioevent 0xc0003000"]);
+        assert_eq!(cfg_read(&mut d, 0, 4), 0x1044_1af4, "virtio-rng, modern");
+        // The capability list: common, ISR, device, notify (virtio vendor caps), MSI-X.
+        let mut kinds = Vec::new();
+        let mut at = cfg_read(&mut d, reg::CAPABILITIES, 1) as usize;
+        while at != 0 {
+            let id = cfg_read(&mut d, at, 1);
+            kinds.push(if id == 9 {
+                (9, cfg_read(&mut d, at + 3, 1), cfg_read(&mut d, at + 8, 4))
+            } else {
+                (id, 0, 0)
+            });
+            at = cfg_read(&mut d, at + 1, 1) as usize;
+        }
+        assert_eq!(
+            kinds,
+            [
+                (9, 1, 0),
+                (9, 3, 0x1000),
+                (9, 4, 0x2000),
+                (9, 2, 0x3000),
+                (0x11, 0, 0)
+            ]
+        );
+
+        // The guest turns decoding off, moves the BAR, turns it on: everything follows.
+        d.config_write(reg::COMMAND, &[0, 0]);
+        assert_eq!(host.take(), ["-ioevent 0xc0003000", "unmap 0xc0000000"]);
+        d.config_write(reg::BAR0, &0xd000_8000u32.to_le_bytes());
+        d.config_write(reg::BAR0 + 4, &0u32.to_le_bytes());
+        assert!(host.take().is_empty(), "nothing while decoding is off");
+        d.config_write(reg::COMMAND, &[2, 0]);
+        assert_eq!(host.take(), ["map 0xd0008000+0x8000", "ioevent 0xd000b000"]);
+        assert_eq!(d.bar_address(), Some(0xd000_8000));
+
+        // Without MSI-X the device interrupts through INTA and the ISR.
+        d.set_intx(17).unwrap();
+        assert_eq!(host.take(), ["attach 17"]);
+        assert_eq!(cfg_read(&mut d, reg::INTERRUPT_PIN, 1), 1);
+        assert_eq!(cfg_read(&mut d, reg::INTERRUPT_LINE, 1), 17);
+        let mock = MockSplitQueue::new(&mem, 16);
+        let w = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+        mock.build_multiple_desc_chains(&[RawDescriptor::from(Descriptor::new(
+            0x8_0000, 64, w, 0,
+        ))])
+        .unwrap();
+        d.write(off::DEVICE_STATUS, &[3]);
+        d.write(off::DRIVER_FEATURE_SELECT, &1u32.to_le_bytes());
+        d.write(off::DRIVER_FEATURE, &1u32.to_le_bytes());
+        d.write(off::DEVICE_STATUS, &[0xb]);
+        assert_eq!(
+            bar_read(&mut d, off::DEVICE_STATUS, 1),
+            0xb,
+            "features accepted"
+        );
+        d.write(off::QUEUE_SIZE, &16u16.to_le_bytes());
+        d.write(off::QUEUE_DESC, &mock.desc_table_addr().0.to_le_bytes());
+        d.write(off::QUEUE_DRIVER, &mock.avail_addr().0.to_le_bytes());
+        d.write(off::QUEUE_DEVICE, &0x9_0000u64.to_le_bytes());
+        d.write(off::QUEUE_ENABLE, &1u16.to_le_bytes());
+        d.write(off::DEVICE_STATUS, &[0xf]);
+        assert_eq!(bar_read(&mut d, off::DEVICE_STATUS, 1), 0xf, "activated");
+        // The worker serves the chain posted before DRIVER_OK, then raises INTx.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut isr = 0;
+        while isr == 0 && std::time::Instant::now() < deadline {
+            isr = bar_read(&mut d, ISR, 1);
+            std::thread::yield_now();
+        }
+        assert_eq!(isr, 1, "queue interrupt bit");
+        assert_eq!(bar_read(&mut d, ISR, 1), 0, "reading cleared it");
+        // A reset (status 0) stops the device; shutdown detaches everything.
+        d.write(off::DEVICE_STATUS, &[0]);
+        assert_eq!(bar_read(&mut d, off::DEVICE_STATUS, 1), 0);
+        d.shutdown();
+        assert_eq!(
+            host.take(),
+            ["-ioevent 0xd000b000", "unmap 0xd0008000", "detach 17"]
+        );
     }
 }
