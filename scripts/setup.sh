@@ -101,8 +101,9 @@ deps() {
     # The test rig (crates/testrig) boots a Debian kernel with kvm-amd under QEMU 10 (TCG)
     # when this machine has no hardware virtualization. lz4: unpack the kernel's vmlinux;
     # xz-utils: compressed modules. The kernel and busybox are fetched with apt-get download.
-    # e2fsprogs: mkfs.ext4 -d builds the virtio-blk tests' root disks, debugfs reads them.
-    apt_install lz4 xz-utils e2fsprogs
+    # e2fsprogs: mkfs.ext4 -d builds the virtio-blk tests' root disks, debugfs reads them;
+    # iproute2: the virtio-net tests configure the TAP devices they create.
+    apt_install lz4 xz-utils e2fsprogs iproute2
     install_qemu10
 }
 

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_arch::CpuMode;
-use kiln_vmm::config::DiskConfig;
+use kiln_vmm::config::{DiskConfig, NetConfig};
 use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, StopReason, Vm, VmConfig};
 use std::path::PathBuf;
 
@@ -129,6 +129,12 @@ struct RunArgs {
     #[arg(long, value_name = "FILE", requires = "kernel")]
     hda: Option<PathBuf>,
 
+    /// A virtio-net interface on a host TAP device (repeatable): tap=NAME[,mac=52:54:..].
+    /// Kiln creates the TAP when it does not exist (needs CAP_NET_ADMIN); configuring its
+    /// host side (address, bridge) is up to you.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net, requires = "kernel")]
+    net: Vec<NetConfig>,
+
     /// Give the guest a virtio-rng device fed from the host's /dev/urandom (/dev/hwrng).
     #[arg(long, requires = "kernel")]
     rng: bool,
@@ -253,6 +259,52 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     Ok(disk)
 }
 
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || format!("mac={s}: want six hex bytes like 52:54:00:12:34:56");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac={s}: a multicast address cannot be an interface's"
+        ));
+    }
+    Ok(mac)
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut net = NetConfig {
+        tap: String::new(),
+        mac: None,
+    };
+    for (i, part) in split_options(s).into_iter().enumerate() {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None if i == 0 => ("tap".to_string(), part),
+            None => return Err(format!("'{part}' in '{s}' is not key=value")),
+        };
+        match key.as_str() {
+            "tap" | "ifname" => net.tap = value,
+            "mac" => net.mac = Some(parse_mac(&value)?),
+            _ => return Err(format!("unknown network option '{key}' (tap, mac)")),
+        }
+    }
+    if net.tap.is_empty() || net.tap.len() > 15 || net.tap.contains('/') {
+        return Err(format!(
+            "'{s}': tap=NAME needs an interface name of 1-15 characters"
+        ));
+    }
+    Ok(net)
+}
+
 fn parse_module(s: &str) -> Result<ModuleSpec, String> {
     let (path, args) = match s.split_once(',') {
         Some((p, a)) => (p, Some(a.to_string())),
@@ -357,6 +409,7 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
         });
     }
     config.disks.extend(args.disk);
+    config.nets = args.net;
     config.rng = args.rng;
     config.virtio_console = args.virtio_console;
 
@@ -441,6 +494,22 @@ mod tests {
         assert!(parse_load("nofile").is_err());
         assert!(parse_load("@0x10").is_err());
         assert!(parse_addr("0xZZ").is_err());
+    }
+
+    #[test]
+    fn net_options() {
+        let n = parse_net("tap=tap0,mac=52:54:00:ab:cd:ef").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]));
+        assert_eq!(parse_net("kiln0").unwrap().tap, "kiln0");
+        assert!(parse_net("tap=").is_err());
+        assert!(parse_net("tap=a-very-long-name-0").is_err());
+        assert!(
+            parse_net("tap=t,mac=01:00:00:00:00:01").is_err(),
+            "multicast"
+        );
+        assert!(parse_net("tap=t,mac=52:54:00").is_err());
+        assert!(parse_net("tap=t,model=e1000").is_err());
     }
 
     #[test]

@@ -21,11 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The KVM modules L1 loads, in load order, as paths under the kernel's module tree.
-pub const KVM_MODULES: [&str; 3] = [
+/// The modules L1 loads, in load order, as paths under the kernel's module tree: KVM,
+/// and tun for the TAP devices virtio-net tests give Kiln.
+pub const KVM_MODULES: [&str; 4] = [
     "virt/lib/irqbypass",
     "arch/x86/kvm/kvm",
     "arch/x86/kvm/kvm-amd",
+    "drivers/net/tun",
 ];
 
 /// Modules for L2 guests (the cloud kernel has no built-in pvpanic driver for the ACPI
@@ -70,7 +72,7 @@ pub struct Artifacts {
     /// The real kernel package and its version, e.g. (`linux-image-6.1.0-56-cloud-amd64`,
     /// `6.1.192-2`).
     pub kernel_package: (String, String),
-    /// irqbypass.ko, kvm.ko, kvm-amd.ko (uncompressed), in load order.
+    /// irqbypass.ko, kvm.ko, kvm-amd.ko, tun.ko (uncompressed), in load order.
     pub modules: Vec<PathBuf>,
     /// Modules guests load ([`GUEST_MODULES`], uncompressed), in order.
     pub guest_modules: Vec<PathBuf>,
@@ -83,7 +85,7 @@ pub struct Artifacts {
 impl Artifacts {
     /// The cloud kernel artifacts and busybox, downloading them on first use.
     pub fn get() -> Result<Artifacts> {
-        let (dir, stamp) = cached("linux-cloud-v4", |tmp| {
+        let (dir, stamp) = cached("linux-cloud-v5", |tmp| {
             fetch_kernel("linux-image-cloud-amd64", tmp, true)
         })?;
         let modules = KVM_MODULES

@@ -203,7 +203,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 read up _ < /proc/uptime
 echo "KILN-RIG-INIT $up"
-for m in irqbypass kvm kvm-amd; do
+for m in irqbypass kvm kvm-amd tun; do
     insmod /rig/modules/$m.ko || echo "KILN-RIG-INSMOD-FAILED $m"
 done
 if [ ! -c /dev/kvm ]; then

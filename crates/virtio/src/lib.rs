@@ -5,6 +5,8 @@
 //! - [`pci`]: the virtio 1.x modern PCI transport (common/notify/ISR/device capabilities in
 //!   one memory BAR, MSI-X) that puts any [`VirtioDevice`] on Kiln's PCI bus.
 //! - [`blk`]: virtio-blk on Kiln's block layer (raw, qcow2, backing chains).
+//! - [`net`]: virtio-net on a host TAP interface (mergeable receive buffers, checksum and
+//!   TSO offloads passed through to the TAP).
 //! - [`console`]: virtio-console, one port: host input to the guest, guest output to a writer.
 //! - [`rng`]: virtio-rng, fed from the host's `/dev/urandom`.
 //! - [`worker`]: the queue thread and ring-draining loop simple devices share.
@@ -16,6 +18,7 @@
 pub mod blk;
 pub mod console;
 pub mod device;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod worker;

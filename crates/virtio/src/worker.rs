@@ -6,14 +6,17 @@
 //! corrupt ring sets DEVICE_NEEDS_RESET and raises the configuration interrupt once; later
 //! kicks are drained and ignored until the device is reset. [`spawn_with_event`] adds one
 //! host-side wake-up eventfd that counts as a kick of a chosen queue (virtio-console's
-//! "input arrived" for its receive queue). [`drain`] is the event-idx-safe
-//! loop that pops chains, lets the device serve each and returns them on the used ring.
+//! "input arrived" for its receive queue). [`spawn_with_fd`] instead adds a host file
+//! descriptor watched edge-triggered (virtio-net's TAP): its readiness calls
+//! [`QueueService::fd_ready`] and counts as a kick of a chosen queue. [`drain`] is the
+//! event-idx-safe loop that pops chains, lets the device serve each and returns them on
+//! the used ring.
 
 use crate::device::{ActiveQueue, NeedsReset};
 use crate::{GuestMemory, Interrupt};
 use std::io;
 use std::num::Wrapping;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -100,12 +103,13 @@ pub fn drain(
     out
 }
 
-struct Corrupt;
+/// The driver corrupted a ring.
+pub(crate) struct Corrupt;
 
 /// The next available chain, or `None` when the driver has published nothing new. A ring
 /// the driver corrupted is an error: an available index more than a queue ahead of the
 /// device, an entry that cannot be read, or a head index beyond the queue.
-fn next_chain<'m>(
+pub(crate) fn next_chain<'m>(
     mem: &'m GuestMemory,
     queue: &mut Queue,
 ) -> Result<Option<DescriptorChain<&'m GuestMemory>>, Corrupt> {
@@ -136,7 +140,16 @@ fn next_chain<'m>(
 pub trait QueueService: Send + 'static {
     /// Serve queue `index` (an index into the queues given to [`spawn`]).
     fn serve(&mut self, index: usize, mem: &GuestMemory, queue: &mut Queue) -> Drained;
+
+    /// The file descriptor given to [`spawn_with_fd`] became ready (readable, or an error
+    /// or hang-up). It is watched edge-triggered: this is called once per change, so the
+    /// service must remember it until it has read the descriptor dry. `serve` for the
+    /// descriptor's queue follows. The default does nothing.
+    fn fd_ready(&mut self) {}
 }
+
+/// A host file descriptor for [`spawn_with_fd`]; the worker keeps it open while it runs.
+pub type WatchedFd = Arc<dyn AsRawFd + Send + Sync>;
 
 /// A running worker: how to stop it and the thread to join.
 pub struct WorkerHandle {
@@ -174,12 +187,16 @@ struct Worker<S> {
     needs_reset: NeedsReset,
     stop: EventFd,
     extra: Option<(EventFd, usize)>,
+    /// Kept so the descriptor stays open (and registered) while the thread runs.
+    fd: Option<(WatchedFd, usize)>,
     epoll: Epoll,
 }
 
 const STOP: u64 = u64::MAX;
 
 const EXTRA: u64 = u64::MAX - 1;
+
+const FD: u64 = u64::MAX - 2;
 
 /// Start a thread called `name` serving `queues` with `service`. Host resources are set
 /// up here, so failures reach the caller rather than dying in the thread.
@@ -214,11 +231,70 @@ pub fn spawn_with_event<S: QueueService>(
     needs_reset: NeedsReset,
     extra: Option<(EventFd, usize)>,
 ) -> io::Result<WorkerHandle> {
-    if let Some((_, index)) = &extra {
-        if *index >= queues.len() {
+    let sources = Sources { extra, fd: None };
+    start(
+        name,
+        service,
+        mem,
+        queues,
+        config_interrupt,
+        needs_reset,
+        sources,
+    )
+}
+
+/// [`spawn`], plus `fd = (fd, index)`: a host file descriptor (a TAP) watched for
+/// readability, edge-triggered. Each readiness change calls [`QueueService::fd_ready`]
+/// and then serves queue `index` as if it had been kicked; nothing is read from the
+/// descriptor by the worker. `index` must name one of `queues`.
+pub fn spawn_with_fd<S: QueueService>(
+    name: &str,
+    service: S,
+    mem: GuestMemory,
+    queues: Vec<ActiveQueue>,
+    config_interrupt: Arc<dyn Interrupt>,
+    needs_reset: NeedsReset,
+    fd: (WatchedFd, usize),
+) -> io::Result<WorkerHandle> {
+    let sources = Sources {
+        extra: None,
+        fd: Some(fd),
+    };
+    start(
+        name,
+        service,
+        mem,
+        queues,
+        config_interrupt,
+        needs_reset,
+        sources,
+    )
+}
+
+/// Wake-up sources beyond the queue kicks and the stop event.
+struct Sources {
+    extra: Option<(EventFd, usize)>,
+    fd: Option<(WatchedFd, usize)>,
+}
+
+fn start<S: QueueService>(
+    name: &str,
+    service: S,
+    mem: GuestMemory,
+    queues: Vec<ActiveQueue>,
+    config_interrupt: Arc<dyn Interrupt>,
+    needs_reset: NeedsReset,
+    Sources { extra, fd }: Sources,
+) -> io::Result<WorkerHandle> {
+    let wanted = [
+        ("extra event", extra.as_ref().map(|e| e.1)),
+        ("watched fd", fd.as_ref().map(|f| f.1)),
+    ];
+    for (what, index) in wanted {
+        if let Some(index) = index.filter(|i| *i >= queues.len()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("extra event for queue {index} of {}", queues.len()),
+                format!("{what} for queue {index} of {}", queues.len()),
             ));
         }
     }
@@ -243,6 +319,14 @@ pub fn spawn_with_event<S: QueueService>(
             EpollEvent::new(EventSet::IN, EXTRA),
         )?;
     }
+    if let Some((f, _)) = &fd {
+        let raw: RawFd = f.as_raw_fd();
+        epoll.ctl(
+            ControlOperation::Add,
+            raw,
+            EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, FD),
+        )?;
+    }
     let worker = Worker {
         service,
         mem,
@@ -252,6 +336,7 @@ pub fn spawn_with_event<S: QueueService>(
         needs_reset,
         stop: stop.try_clone()?,
         extra,
+        fd,
         epoll,
     };
     let thread = std::thread::Builder::new()
@@ -265,7 +350,7 @@ pub fn spawn_with_event<S: QueueService>(
 
 impl<S: QueueService> Worker<S> {
     fn run(mut self) {
-        let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
+        let mut events = vec![EpollEvent::default(); self.queues.len() + 3];
         // Serve anything made available before activation.
         let mut pending: Vec<bool> = vec![true; self.queues.len()];
         loop {
@@ -289,6 +374,15 @@ impl<S: QueueService> Worker<S> {
                         if let Some(p) = pending.get_mut(*index) {
                             *p = true;
                         }
+                    }
+                    continue;
+                }
+                if ev.data() == FD {
+                    if let Some((_, index)) = &self.fd {
+                        if let Some(p) = pending.get_mut(*index) {
+                            *p = true;
+                        }
+                        self.service.fd_ready();
                     }
                     continue;
                 }

@@ -86,6 +86,15 @@ pub struct DiskConfig {
     pub serial: Option<String>,
 }
 
+/// A network interface the guest sees as a virtio-net device, backed by a host TAP device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The TAP device's name; Kiln creates it when it does not exist (CAP_NET_ADMIN).
+    pub tap: String,
+    /// The guest's MAC address; derived from the TAP name when `None`.
+    pub mac: Option<[u8; 6]>,
+}
+
 /// A whole VM's configuration.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -110,6 +119,8 @@ pub struct VmConfig {
     pub boot_timer: Option<std::time::Instant>,
     /// virtio-blk disks (kernel guests only).
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces on TAP devices (kernel guests only).
+    pub nets: Vec<NetConfig>,
     /// A virtio-rng device fed from the host's /dev/urandom (kernel guests only).
     pub rng: bool,
     /// A virtio console (the guest's hvc0; kernel guests only). Its output goes where the
@@ -131,6 +142,7 @@ impl VmConfig {
             acpi: true,
             boot_timer: None,
             disks: Vec::new(),
+            nets: Vec::new(),
             rng: false,
             virtio_console: false,
         }

@@ -1,4 +1,5 @@
-//! The VM's virtio devices: each configured disk becomes a virtio-blk device, `rng` a
+//! The VM's virtio devices: each configured disk becomes a virtio-blk device, each network
+//! a virtio-net device on its TAP, `rng` a
 //! virtio-rng device and `virtio_console` a virtio console, behind the modern PCI transport, with a BAR from the 32-bit MMIO
 //! hole and one MSI GSI per vector. [`VirtioDevices`] stops their threads before guest
 //! memory goes away.
@@ -12,6 +13,7 @@ use kiln_devices::bus::{lock, Bus};
 use kiln_devices::pci::{PciHost, PciRoot};
 use kiln_virtio::blk::VirtioBlk;
 use kiln_virtio::console::{ConsoleInput, VirtioConsole};
+use kiln_virtio::net::{Tap, VirtioNet};
 use kiln_virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use kiln_virtio::rng::VirtioRng;
 use kiln_virtio::VirtioDevice;
@@ -40,7 +42,8 @@ impl VirtioDevices {
         res: &mut Resources,
     ) -> Result<Self> {
         let mut me = VirtioDevices::default();
-        if config.disks.is_empty() && !config.rng && console_out.is_none() {
+        if config.disks.is_empty() && config.nets.is_empty() && !config.rng && console_out.is_none()
+        {
             return Ok(me);
         }
         let host: Arc<dyn PciHost> = Arc::new(VmPciHost::new(vm_fd.clone(), mmio.clone()));
@@ -59,6 +62,12 @@ impl VirtioDevices {
                 root,
                 res,
             )?;
+        }
+        for n in &config.nets {
+            let net = Tap::open_or_create(&n.tap)
+                .and_then(|tap| VirtioNet::new(tap, n.mac))
+                .map_err(|e| VmmError::Config(format!("network: {e}")))?;
+            me.add(Box::new(net), memory, &host, root, res)?;
         }
         if config.rng {
             let rng = VirtioRng::new()

@@ -398,7 +398,6 @@ impl BusDevice for VirtioPciDevice {
             }
             // Reading the ISR clears it (and so acknowledges the INTx interrupt).
             ISR => data[0] = self.isr.swap(0, Ordering::SeqCst),
-            ISR..DEVICE_CFG => {}
             DEVICE_CFG..NOTIFY => self.device.read_config(offset - DEVICE_CFG, data),
             NOTIFY..MSIX_TABLE => {}
             MSIX_TABLE..MSIX_PBA => self.msix.table_read(offset - MSIX_TABLE, data),
