@@ -1,5 +1,6 @@
 //! The Debian artifacts are what the rig and the Linux tests expect: real bzImages, an
-//! ELF vmlinux, uncompressed KVM modules, a static busybox, and a reusable cache.
+//! ELF vmlinux, uncompressed KVM, tun and virtio modules, a static busybox, and a reusable
+//! cache.
 
 use kiln_testrig::artifacts::{generic_kernel, Artifacts};
 use kiln_testrig::bzimage::SetupHeader;
@@ -22,8 +23,9 @@ fn cloud_kernel_modules_and_busybox() {
         .iter()
         .map(|m| m.file_name().unwrap().to_owned())
         .collect();
-    assert_eq!(names, ["irqbypass.ko", "kvm.ko", "kvm-amd.ko"]);
-    for m in &a.modules {
+    assert_eq!(names, ["irqbypass.ko", "kvm.ko", "kvm-amd.ko", "tun.ko"]);
+    assert_eq!(a.virtio_modules.len(), 14);
+    for m in a.modules.iter().chain(&a.virtio_modules) {
         assert_eq!(
             &read(m)[..4],
             b"\x7fELF",
