@@ -191,7 +191,7 @@ fn parse(args: &[String]) -> Result<(usize, Option<PathBuf>)> {
 }
 
 /// Find `name` on PATH.
-fn which(name: &str) -> Option<PathBuf> {
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_string_lossy()
         .split(':')

@@ -10,9 +10,11 @@
 //! `cargo xtask bench linux [--runs N] [--kiln PATH]` boots Debian's kernel to a
 //! userspace marker and to power-off, Kiln vs QEMU `-M microvm` (also with `rtc=on`) and
 //! `-M q35`, on a real KVM (the test rig's L1 on machines without hardware
-//! virtualization); see `linux`.
+//! virtualization); see `linux`. `cargo xtask bench io` measures virtio-blk throughput in
+//! the same way against QEMU q35; see `io`.
 
 mod bench;
+mod io;
 mod linux;
 mod linux_report;
 mod linux_trace;
@@ -33,6 +35,7 @@ use peers::Env;
 const USAGE: &str = "\
 usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output markdown|json]
        cargo xtask bench linux [--runs N] [--kiln PATH]
+       cargo xtask bench io [--runs N] [--kiln PATH]
 
   startup   wall time from process start to the tiny guest's exit, and to the
             first KVM_RUN (under strace), Kiln vs qemu-system-x86_64 -M microvm
@@ -43,6 +46,8 @@ usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output 
             L1 on machines without hardware virtualization);
             --runs defaults to 10, --kiln uses a prebuilt kiln binary;
             Markdown only; takes ~1 min per run in the rig
+  io        virtio-blk: a Linux guest's 128 MiB dd write and read, Kiln vs QEMU
+            q35 + virtio-blk-pci on the same raw image (--runs defaults to 5)
 
   --runs N     measured runs per peer (default 20)
   --warmup N   discarded warm-up runs per peer (default 3)
@@ -156,6 +161,9 @@ fn preflight(need_strace: bool) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("linux") {
         return linux::bench(&workspace_root(), &args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("io") {
+        return io::bench(&workspace_root(), &args[1..]);
     }
     let opts = parse_bench(args)?;
     preflight(opts.startup)?;
