@@ -299,7 +299,7 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
     }
     if net.tap.is_empty() || net.tap.len() > 15 || net.tap.contains('/') {
         return Err(format!(
-            "'{s}': tap=NAME needs an interface name of 1-15 characters"
+            "'{s}': tap=NAME needs an interface name of 1-15 characters, without '/'"
         ));
     }
     Ok(net)

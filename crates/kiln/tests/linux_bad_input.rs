@@ -96,3 +96,23 @@ fn disks_that_cannot_be_used() {
     out.expect_code(1);
     assert!(out.stderr.contains("--kernel"), "{out:#?}");
 }
+
+#[test]
+fn networks_that_cannot_be_used() {
+    require_kvm();
+    let s = Scratch::new();
+    let k = s.file("bzImage", &kernel());
+    // An existing interface that is not a TAP.
+    run(&["run", "--kernel", &k, "--net", "tap=lo"]).expect_error("network: ");
+    // Names the kernel would refuse, and bad MACs, are usage errors.
+    run(&["run", "--kernel", &k, "--net", "tap=has/slash"]).expect_code(1);
+    let bad_mac = run(&[
+        "run",
+        "--kernel",
+        &k,
+        "--net",
+        "tap=kt0,mac=01:02:03:04:05:06",
+    ]);
+    bad_mac.expect_code(1);
+    assert!(bad_mac.stderr.contains("multicast"), "{bad_mac:#?}");
+}
