@@ -15,7 +15,7 @@
 //! receive chain, a buffer outside guest memory) are counted in `errors` and skipped.
 
 use crate::device::{ActivateError, Activation, VirtioDevice};
-use crate::worker::{drain, spawn_with_event, Drained, QueueService, WorkerHandle};
+use crate::worker::{drain, Drained, QueueService, WorkerBuilder, WorkerHandle};
 use crate::GuestMemory;
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -326,15 +326,18 @@ impl VirtioDevice for VirtioConsole {
             ));
         }
         let service = Service::new(self.shared.clone(), self.output.clone());
-        self.worker = Some(spawn_with_event(
-            "virtio-console",
-            service,
-            a.mem,
-            queues,
-            a.config_interrupt,
-            a.needs_reset,
-            Some((self.shared.wake.try_clone()?, RX_QUEUE)),
-        )?);
+        self.worker = Some(
+            WorkerBuilder::new(
+                "virtio-console",
+                service,
+                a.mem,
+                queues,
+                a.config_interrupt,
+                a.needs_reset,
+            )
+            .wake_on(self.shared.wake.try_clone()?, RX_QUEUE)
+            .spawn()?,
+        );
         Ok(())
     }
 

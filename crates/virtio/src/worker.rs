@@ -4,10 +4,10 @@
 //! [`spawn`] starts a thread that waits (epoll) for kicks on the device's queues or for its
 //! private stop eventfd, and calls the device's [`QueueService`] for the kicked queue. A
 //! corrupt ring sets DEVICE_NEEDS_RESET and raises the configuration interrupt once; later
-//! kicks are drained and ignored until the device is reset. [`spawn_with_event`] adds one
-//! host-side wake-up eventfd that counts as a kick of a chosen queue (virtio-console's
-//! "input arrived" for its receive queue). [`spawn_with_fd`] instead adds a host file
-//! descriptor watched edge-triggered (virtio-net's TAP): its readiness calls
+//! kicks are drained and ignored until the device is reset. [`WorkerBuilder::wake_on`]
+//! adds one host-side wake-up eventfd that counts as a kick of a chosen queue
+//! (virtio-console's "input arrived" for its receive queue); [`WorkerBuilder::watch_fd`]
+//! adds a host file descriptor watched edge-triggered (virtio-net's TAP): its readiness calls
 //! [`QueueService::fd_ready`] and counts as a kick of a chosen queue. [`drain`] is the
 //! event-idx-safe loop that pops chains, lets the device serve each and returns them on
 //! the used ring.
@@ -141,14 +141,15 @@ pub trait QueueService: Send + 'static {
     /// Serve queue `index` (an index into the queues given to [`spawn`]).
     fn serve(&mut self, index: usize, mem: &GuestMemory, queue: &mut Queue) -> Drained;
 
-    /// The file descriptor given to [`spawn_with_fd`] became ready (readable, or an error
+    /// The file descriptor given to [`WorkerBuilder::watch_fd`] became ready (readable, or an error
     /// or hang-up). It is watched edge-triggered: this is called once per change, so the
     /// service must remember it until it has read the descriptor dry. `serve` for the
     /// descriptor's queue follows. The default does nothing.
     fn fd_ready(&mut self) {}
 }
 
-/// A host file descriptor for [`spawn_with_fd`]; the worker keeps it open while it runs.
+/// A host file descriptor for [`WorkerBuilder::watch_fd`]; the worker keeps it open while
+/// it runs.
 pub type WatchedFd = Arc<dyn AsRawFd + Send + Sync>;
 
 /// A running worker: how to stop it and the thread to join.
@@ -198,8 +199,9 @@ const EXTRA: u64 = u64::MAX - 1;
 
 const FD: u64 = u64::MAX - 2;
 
-/// Start a thread called `name` serving `queues` with `service`. Host resources are set
-/// up here, so failures reach the caller rather than dying in the thread.
+/// Start a thread called `name` serving `queues` with `service` (no other wake-ups; see
+/// [`WorkerBuilder`] for those). Host resources are set up here, so failures reach the
+/// caller rather than dying in the thread.
 pub fn spawn<S: QueueService>(
     name: &str,
     service: S,
@@ -208,67 +210,72 @@ pub fn spawn<S: QueueService>(
     config_interrupt: Arc<dyn Interrupt>,
     needs_reset: NeedsReset,
 ) -> io::Result<WorkerHandle> {
-    spawn_with_event(
-        name,
-        service,
-        mem,
-        queues,
-        config_interrupt,
-        needs_reset,
-        None,
-    )
+    WorkerBuilder::new(name, service, mem, queues, config_interrupt, needs_reset).spawn()
 }
 
-/// [`spawn`], plus `extra = Some((event, index))`: a host-side eventfd that, when written,
-/// the thread reads (to clear it) and treats like a kick of queue `index` (the service's
-/// `serve` is called for that queue). `index` must name one of `queues`.
-pub fn spawn_with_event<S: QueueService>(
-    name: &str,
+/// A worker thread to start, with optional wake-up sources beyond its queues' kicks.
+pub struct WorkerBuilder<S> {
+    name: String,
     service: S,
     mem: GuestMemory,
     queues: Vec<ActiveQueue>,
     config_interrupt: Arc<dyn Interrupt>,
     needs_reset: NeedsReset,
-    extra: Option<(EventFd, usize)>,
-) -> io::Result<WorkerHandle> {
-    let sources = Sources { extra, fd: None };
-    start(
-        name,
-        service,
-        mem,
-        queues,
-        config_interrupt,
-        needs_reset,
-        sources,
-    )
+    sources: Sources,
 }
 
-/// [`spawn`], plus `fd = (fd, index)`: a host file descriptor (a TAP) watched for
-/// readability, edge-triggered. Each readiness change calls [`QueueService::fd_ready`]
-/// and then serves queue `index` as if it had been kicked; nothing is read from the
-/// descriptor by the worker. `index` must name one of `queues`.
-pub fn spawn_with_fd<S: QueueService>(
-    name: &str,
-    service: S,
-    mem: GuestMemory,
-    queues: Vec<ActiveQueue>,
-    config_interrupt: Arc<dyn Interrupt>,
-    needs_reset: NeedsReset,
-    fd: (WatchedFd, usize),
-) -> io::Result<WorkerHandle> {
-    let sources = Sources {
-        extra: None,
-        fd: Some(fd),
-    };
-    start(
-        name,
-        service,
-        mem,
-        queues,
-        config_interrupt,
-        needs_reset,
-        sources,
-    )
+impl<S: QueueService> WorkerBuilder<S> {
+    /// A thread called `name` serving `queues` with `service`.
+    pub fn new(
+        name: &str,
+        service: S,
+        mem: GuestMemory,
+        queues: Vec<ActiveQueue>,
+        config_interrupt: Arc<dyn Interrupt>,
+        needs_reset: NeedsReset,
+    ) -> Self {
+        WorkerBuilder {
+            name: name.into(),
+            service,
+            mem,
+            queues,
+            config_interrupt,
+            needs_reset,
+            sources: Sources {
+                extra: None,
+                fd: None,
+            },
+        }
+    }
+
+    /// Also wake on `event`, a host-side eventfd: when written, the thread reads it (to
+    /// clear it) and treats it like a kick of queue `index`.
+    pub fn wake_on(mut self, event: EventFd, index: usize) -> Self {
+        self.sources.extra = Some((event, index));
+        self
+    }
+
+    /// Also watch `fd` (a TAP) for readability, edge-triggered: each readiness change calls
+    /// [`QueueService::fd_ready`] and then serves queue `index` as if it had been kicked;
+    /// nothing is read from the descriptor by the worker.
+    pub fn watch_fd(mut self, fd: WatchedFd, index: usize) -> Self {
+        self.sources.fd = Some((fd, index));
+        self
+    }
+
+    /// Start the thread. A wake-up source naming a queue that does not exist is refused
+    /// (`InvalidInput`).
+    pub fn spawn(self) -> io::Result<WorkerHandle> {
+        start(
+            &self.name,
+            self.service,
+            self.mem,
+            self.queues,
+            self.config_interrupt,
+            self.needs_reset,
+            self.sources,
+        )
+    }
 }
 
 /// Wake-up sources beyond the queue kicks and the stop event.
@@ -478,15 +485,16 @@ mod tests {
             interrupt: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
         };
         let extra = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let err = spawn_with_event(
+        let err = WorkerBuilder::new(
             "t",
             Nop,
             mem,
             vec![q],
             Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             NeedsReset::new(),
-            Some((extra, 1)),
-        );
+        )
+        .wake_on(extra, 1)
+        .spawn();
         assert_eq!(
             err.err().map(|e| e.kind()),
             Some(io::ErrorKind::InvalidInput)

@@ -9,7 +9,7 @@ use super::rx::Rx;
 use super::tx::Tx;
 use super::{default_mac, offload_flags, Counters, Tap, FEATURES, QUEUE_SIZE, RX_QUEUE};
 use crate::device::{ActivateError, Activation, VirtioDevice};
-use crate::worker::{spawn_with_fd, Drained, QueueService, WorkerHandle};
+use crate::worker::{Drained, QueueService, WorkerBuilder, WorkerHandle};
 use crate::GuestMemory;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,15 +154,18 @@ impl VirtioDevice for VirtioNet {
         }
         self.tap.set_offload(offload_flags(a.acked_features))?;
         let service = Service::new(&self.tap, &self.counters, a.acked_features);
-        self.worker = Some(spawn_with_fd(
-            "virtio-net",
-            service,
-            a.mem,
-            queues,
-            a.config_interrupt,
-            a.needs_reset,
-            (self.tap.clone(), RX_QUEUE),
-        )?);
+        self.worker = Some(
+            WorkerBuilder::new(
+                "virtio-net",
+                service,
+                a.mem,
+                queues,
+                a.config_interrupt,
+                a.needs_reset,
+            )
+            .watch_fd(self.tap.clone(), RX_QUEUE)
+            .spawn()?,
+        );
         Ok(())
     }
 

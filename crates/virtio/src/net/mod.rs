@@ -11,7 +11,7 @@
 //!
 //! One receive queue (0) and one transmit queue (1) of [`QUEUE_SIZE`]; no control queue,
 //! no multiqueue. Both queues and the TAP are served by one worker thread
-//! ([`crate::worker::spawn_with_fd`]): the TAP is watched edge-triggered, and a frame is
+//! ([`crate::worker::WorkerBuilder::watch_fd`]): the TAP is watched edge-triggered, and a frame is
 //! read from it only when the receive queue has a buffer, so frames the guest has no room
 //! for wait in the kernel's TAP queue (which drops them when full) rather than in Kiln.
 //! At most one frame is held in Kiln, in a fixed bounce buffer, while it waits for more

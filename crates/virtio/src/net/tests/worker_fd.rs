@@ -1,8 +1,8 @@
-//! The worker's watched descriptor ([`crate::worker::spawn_with_fd`]), which virtio-net
+//! The worker's watched descriptor ([`crate::worker::WorkerBuilder::watch_fd`]), which virtio-net
 //! uses for its TAP, tested with an eventfd standing in for the TAP.
 
 use crate::device::{ActiveQueue, NeedsReset};
-use crate::worker::{spawn_with_fd, Drained, QueueService};
+use crate::worker::{Drained, QueueService, WorkerBuilder};
 use crate::GuestMemory;
 use std::io;
 use std::sync::Arc;
@@ -42,29 +42,24 @@ fn watched_fd_wakes_its_queue_once_per_edge() {
     let state = seen.0.clone();
     let cfg = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
     let queues = vec![active_queue(), active_queue()];
-    let err = spawn_with_fd(
+    let err = WorkerBuilder::new(
         "t",
         Counting::default(),
         mem.clone(),
         vec![active_queue()],
         cfg.clone(),
         NeedsReset::new(),
-        (fd.clone(), 1),
-    );
+    )
+    .watch_fd(fd.clone(), 1)
+    .spawn();
     assert_eq!(
         err.err().map(|e| e.kind()),
         Some(io::ErrorKind::InvalidInput)
     );
-    let w = spawn_with_fd(
-        "t",
-        seen,
-        mem,
-        queues,
-        cfg,
-        NeedsReset::new(),
-        (fd.clone(), 1),
-    )
-    .unwrap();
+    let w = WorkerBuilder::new("t", seen, mem, queues, cfg, NeedsReset::new())
+        .watch_fd(fd.clone(), 1)
+        .spawn()
+        .unwrap();
     let wait = |want: (usize, [usize; 2])| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while *state.lock().unwrap() != want {
