@@ -1,12 +1,12 @@
-//! The virtio-blk fuzz target's body: [`run_one`] turns arbitrary bytes into a queue set up
+//! The virtio-blk fuzz target's body: `run_one` turns arbitrary bytes into a queue set up
 //! exactly as the PCI transport and [`VirtioBlk`] set one up (so an invalid queue never
 //! reaches the device, as in the VMM), a guest-memory image and a raw disk image, then runs
-//! [`process_queue`](super::QueueProcessor::process_queue) a bounded number of times and
+//! `QueueProcessor::process_queue` a bounded number of times and
 //! checks invariants.
 //!
 //! `fuzz/fuzz_targets/virtio_blk.rs` (cargo-fuzz, nightly) calls it with libFuzzer's
 //! inputs; `tests/fuzz_corpus.rs` replays `fuzz/corpus/virtio_blk` on stable. The input
-//! format is [`Header`] ([`HEADER_LEN`] bytes; a short input reads as if padded with zeros)
+//! format is `Header` (`HEADER_LEN` bytes; a short input reads as if padded with zeros)
 //! followed by the guest-memory image: byte `i` of the rest of the input is guest byte `i`
 //! (bytes that fall in a hole or past the end of RAM are dropped, RAM not covered is zero).
 //! The descriptor table, rings and buffers are whatever that image holds, so loops, indirect
@@ -41,7 +41,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-/// Length of the encoded [`Header`]; the guest-memory image follows it.
+/// Length of the encoded `Header`; the guest-memory image follows it.
 pub const HEADER_LEN: usize = 53;
 
 /// Most rounds ([`Round`]) one input runs.
@@ -80,7 +80,7 @@ pub struct Round {
 
 /// The fixed-size start of an input.
 ///
-/// Encoding ([`HEADER_LEN`] bytes, integers little-endian): queue size as log2 (modulo 9,
+/// Encoding (`HEADER_LEN` bytes, integers little-endian): queue size as log2 (modulo 9,
 /// so 1..=256), feature flags (bit 0 EVENT_IDX, 1 DISCARD, 2 WRITE_ZEROES, 3 read-only
 /// disk), memory layout, disk size, the descriptor table, available ring and used ring
 /// addresses (u64 each), the initial `next_avail` and `next_used` (u16 each), the round
@@ -252,7 +252,7 @@ pub fn run_one(data: &[u8]) {
     run(data);
 }
 
-/// [`run_one`], reporting what happened.
+/// `run_one`, reporting what happened.
 pub fn run(data: &[u8]) -> Summary {
     let mut summary = Summary::default();
     let (h, image) = Header::decode(data);
