@@ -128,7 +128,7 @@ fn qemu_argv(qemu: &str, net: bool) -> Vec<String> {
                 "-netdev",
                 "tap,id=n0,ifname=kb0,script=no,downscript=no",
                 "-device",
-                "virtio-net-pci,netdev=n0",
+                "virtio-net-pci,netdev=n0,romfile=",
             ]
             .map(String::from),
         );
