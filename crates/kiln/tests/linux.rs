@@ -37,20 +37,7 @@ fn payload() -> Vec<u8> {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    // The host's sha256sum is the reference, as the guest's busybox is.
-    use std::io::Write;
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    kiln_testrig::digest_hex("sha256sum", data)
 }
 
 fn field<'a>(r: &'a RunResult, out: &'a str, key: &str) -> &'a str {

@@ -100,19 +100,7 @@ fn repeat(line: &str, len: usize) -> Vec<u8> {
 }
 
 fn md5_hex(data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("md5sum");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    kiln_testrig::digest_hex("md5sum", data)
 }
 
 fn field<'a>(r: &'a RunResult, out: &'a str, key: &str) -> &'a str {

@@ -108,3 +108,30 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// The hex digest of `data` by the host's coreutils `tool` (`md5sum`, `sha256sum`): the
+/// same reference the guests' busybox applets are compared with.
+pub fn digest_hex(tool: &str, data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(tool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // Feed from another thread so a large input cannot deadlock against the output pipe.
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child
+        .wait_with_output()
+        .expect("waiting for the digest tool");
+    feeder
+        .join()
+        .expect("feeder thread")
+        .unwrap_or_else(|e| panic!("writing to {tool}: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("{tool} printed nothing"))
+        .to_string()
+}
