@@ -129,6 +129,11 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// Whether the VM gets any virtio device (they need PCI, so a kernel guest).
+    pub fn wants_virtio(&self) -> bool {
+        !self.disks.is_empty() || !self.nets.is_empty() || self.rng || self.virtio_console
+    }
+
     /// A configuration with defaults (128 MiB, one vCPU, stdin forwarded).
     pub fn new(guest: GuestConfig) -> Self {
         VmConfig {

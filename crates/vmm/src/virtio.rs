@@ -1,8 +1,8 @@
 //! The VM's virtio devices: each configured disk becomes a virtio-blk device, each network
-//! a virtio-net device on its TAP, `rng` a
-//! virtio-rng device and `virtio_console` a virtio console, behind the modern PCI transport, with a BAR from the 32-bit MMIO
-//! hole and one MSI GSI per vector. [`VirtioDevices`] stops their threads before guest
-//! memory goes away.
+//! a virtio-net device on its TAP, `rng` a virtio-rng device and `virtio_console` a virtio
+//! console, each behind the modern PCI transport with a BAR from the 32-bit MMIO hole, one
+//! MSI GSI per vector and INTA on its slot's `_PRT` GSI. [`VirtioDevices`] stops their
+//! threads before guest memory goes away.
 
 use crate::config::VmConfig;
 use crate::error::{Result, VmmError};
@@ -42,8 +42,7 @@ impl VirtioDevices {
         res: &mut Resources,
     ) -> Result<Self> {
         let mut me = VirtioDevices::default();
-        if config.disks.is_empty() && config.nets.is_empty() && !config.rng && console_out.is_none()
-        {
+        if !config.wants_virtio() {
             return Ok(me);
         }
         let host: Arc<dyn PciHost> = Arc::new(VmPciHost::new(vm_fd.clone(), mmio.clone()));

@@ -146,11 +146,7 @@ impl Vm {
                 root,
                 &mut resources,
             )?,
-            None if !config.disks.is_empty()
-                || !config.nets.is_empty()
-                || config.rng
-                || config.virtio_console =>
-            {
+            None if config.wants_virtio() => {
                 return Err(VmmError::Config(
                     "virtio devices need a kernel guest (--kernel): they sit on PCI".into(),
                 ))
