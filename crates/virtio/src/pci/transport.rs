@@ -387,10 +387,8 @@ impl BusDevice for VirtioPciDevice {
         data.fill(0);
         match offset {
             COMMON..ISR => {
-                let mut status_read = false;
-                if offset == super::common_cfg::off::DEVICE_STATUS && data.len() == 1 {
-                    status_read = true;
-                }
+                let status_read =
+                    offset == super::common_cfg::off::DEVICE_STATUS && data.len() == 1;
                 self.common.read(offset, data, self.msix.len());
                 if status_read && self.needs_reset.is_set() {
                     data[0] |= status::NEEDS_RESET;
