@@ -98,29 +98,8 @@ fn kiln_argv(kiln: &str, net: bool) -> Vec<String> {
 
 /// QEMU's: q35 with virtio-blk-pci on the disk, or (`net`) virtio-net-pci on TAP kb0.
 fn qemu_argv(qemu: &str, net: bool) -> Vec<String> {
-    let mut v: Vec<String> = [qemu, "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m"]
-        .map(String::from)
-        .to_vec();
-    v.extend(
-        [
-            MEMORY,
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-kernel",
-            "{file:kernel}",
-            "-initrd",
-            "{file:initrd}",
-            "-append",
-        ]
-        .map(String::from),
-    );
+    let mut v = crate::linux::qemu_direct_boot(qemu, "q35", MEMORY);
+    v.extend(["-initrd", "{file:initrd}", "-append"].map(String::from));
     if net {
         v.extend(
             [

@@ -95,33 +95,13 @@ impl Peer {
     /// The peer's arguments (program first), with `{file:kernel}` and `{file:initrd}`.
     pub fn argv(self, kiln: &str, qemu: &str, count_exits: bool) -> Vec<String> {
         let mut v: Vec<String> = match self {
-            Peer::Kiln => vec![kiln, "run", "--kernel", "{file:kernel}"],
-            Peer::Microvm | Peer::MicrovmRtc | Peer::Q35 => vec![
-                qemu,
-                "-M",
-                self.short(),
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host",
-                "-m",
-                MEMORY,
-                "-smp",
-                "1",
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-no-reboot",
-                "-kernel",
-                "{file:kernel}",
-            ],
-        }
-        .into_iter()
-        .map(String::from)
-        .collect();
+            Peer::Kiln => [kiln, "run", "--kernel", "{file:kernel}"]
+                .map(String::from)
+                .to_vec(),
+            Peer::Microvm | Peer::MicrovmRtc | Peer::Q35 => {
+                qemu_direct_boot(qemu, self.short(), MEMORY)
+            }
+        };
         let rest: &[&str] = match self {
             Peer::Kiln => &["--initrd", "{file:initrd}", "-m", MEMORY, "--cpus", "1"],
             _ => &["-initrd", "{file:initrd}", "-append", CMDLINE],
@@ -135,6 +115,36 @@ impl Peer {
         }
         v
     }
+}
+
+/// QEMU with KVM, one vCPU, `memory`, no default devices or display, the console on
+/// stdio, no reboot, and `{file:kernel}` booted directly; the caller adds the initrd,
+/// command line and devices.
+pub fn qemu_direct_boot(qemu: &str, machine: &str, memory: &str) -> Vec<String> {
+    [
+        qemu,
+        "-M",
+        machine,
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        memory,
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        "{file:kernel}",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// One timed peer run, in seconds.
