@@ -10,6 +10,7 @@
 //!   real KVM: directly when this machine has hardware virtualization, otherwise inside
 //!   "L1", a Debian kernel with kvm-amd booted by QEMU (TCG emulating AMD-V with nested
 //!   paging).
+//! - [`progs`]: small static C programs for guests and L1 (vsock echo, I/O benchmarks).
 //!
 //! This crate owns the shared error type and the cache location; see each module for
 //! the rest.
@@ -19,6 +20,7 @@ pub mod bzimage;
 pub mod cpio;
 pub mod initramfs;
 mod l1;
+pub mod progs;
 pub mod rig;
 
 pub use artifacts::{Artifacts, GenericKernel};
