@@ -15,6 +15,7 @@
 
 mod bench;
 mod io;
+mod io_scripts;
 mod linux;
 mod linux_report;
 mod linux_trace;
