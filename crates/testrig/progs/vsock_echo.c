@@ -9,6 +9,7 @@
  *   vsock_echo uds-connect PATH PORT BYTES
  *                                       host: connect to Kiln's socket PATH, CONNECT PORT,
  *                                       pump BYTES through, check the echo
+ *   vsock_echo local-cid                guest: print "vsock-cid N", the guest's own CID
  *
  * "Pump" sends a deterministic byte pattern and reads the echo back at the same time
  * (poll), so neither side's flow control can deadlock it, and checks every byte. Prints
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -162,6 +164,14 @@ int main(int argc, char **argv)
         goto usage;
     mode = argv[1];
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (!strcmp(mode, "local-cid") && argc == 2) {
+        unsigned int cid = 0;
+        int fd = open("/dev/vsock", O_RDONLY);
+        if (fd < 0 || ioctl(fd, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid))
+            return fail("/dev/vsock");
+        printf("vsock-cid %u\n", cid);
+        return 0;
+    }
     if (!strcmp(mode, "listen") && argc == 4) {
         int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
         struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
@@ -202,6 +212,6 @@ int main(int argc, char **argv)
     }
 usage:
     fprintf(stderr, "usage: vsock_echo listen PORT N | connect CID PORT BYTES | "
-                    "uds-listen PATH N | uds-connect PATH PORT BYTES\n");
+                    "uds-listen PATH N | uds-connect PATH PORT BYTES | local-cid\n");
     return 2;
 }
