@@ -10,6 +10,7 @@ pub mod boot_timer;
 pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod pci;
 pub mod post_code;
