@@ -83,7 +83,77 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// A boot device class as the BIOS boot flags in CMOS (0x3d, 0x38) encode it; SeaBIOS
+/// orders its boot menu by them when QEMU's `-boot` is given without a `bootorder` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BootDevice {
+    /// The first floppy drive (`a`).
+    Floppy = 1,
+    /// The first hard disk (`c`).
+    Disk = 2,
+    /// The first CD-ROM drive (`d`).
+    Cdrom = 3,
+    /// Network boot (`n`).
+    Network = 4,
+}
+
+/// CMOS memory the BIOS reads its configuration from (the layout QEMU's PC machines use).
+mod layout {
+    /// Base memory in KiB (u16 LE).
+    pub const BASE_MEMORY: usize = 0x15;
+    /// Extended memory above 1 MiB in KiB, capped at 65535 (u16 LE; also at 0x30).
+    pub const EXT_MEMORY: usize = 0x17;
+    /// The same, where newer BIOSes look.
+    pub const EXT_MEMORY2: usize = 0x30;
+    /// Memory between 16 MiB and 4 GiB in 64 KiB units, capped at 65535 (u16 LE).
+    pub const MEM_ABOVE_16M: usize = 0x34;
+    /// Memory above 4 GiB in 64 KiB units (24 bits LE).
+    pub const MEM_ABOVE_4G: usize = 0x5b;
+    /// vCPUs less one.
+    pub const CPU_COUNT: usize = 0x5f;
+    /// Boot devices 1 (low nibble) and 2 (high nibble).
+    pub const BOOT_FLAGS2: usize = 0x3d;
+    /// Boot device 3 (high nibble); bit 0 set skips the floppy boot-signature check.
+    pub const BOOT_FLAGS1: usize = 0x38;
+}
+
 impl Cmos {
+    /// Record the guest's RAM for the BIOS: `below_4g` bytes from address 0 and
+    /// `above_4g` bytes from 4 GiB.
+    pub fn set_memory(&mut self, below_4g: u64, above_4g: u64) {
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
+        let mut put16 = |at: usize, v: u64| {
+            let v = v.min(0xffff) as u16;
+            self.ram[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        };
+        put16(layout::BASE_MEMORY, 640);
+        let ext_kib = (below_4g + above_4g).saturating_sub(MIB) / KIB;
+        put16(layout::EXT_MEMORY, ext_kib);
+        put16(layout::EXT_MEMORY2, ext_kib);
+        put16(
+            layout::MEM_ABOVE_16M,
+            below_4g.saturating_sub(16 * MIB) / (64 * KIB),
+        );
+        let high = (above_4g / (64 * KIB)).min(0xff_ffff) as u32;
+        self.ram[layout::MEM_ABOVE_4G..layout::MEM_ABOVE_4G + 3]
+            .copy_from_slice(&high.to_le_bytes()[..3]);
+    }
+
+    /// Record the number of vCPUs (1 to 256) for the BIOS.
+    pub fn set_cpus(&mut self, cpus: u16) {
+        self.ram[layout::CPU_COUNT] = cpus.clamp(1, 256).wrapping_sub(1) as u8;
+    }
+
+    /// Record the boot order (up to three devices; more are ignored) for the BIOS, with
+    /// the floppy signature check off, as QEMU does.
+    pub fn set_boot_order(&mut self, order: &[BootDevice]) {
+        let nibble = |i: usize| order.get(i).map_or(0, |d| *d as u8);
+        self.ram[layout::BOOT_FLAGS2] = nibble(1) << 4 | nibble(0);
+        self.ram[layout::BOOT_FLAGS1] = nibble(2) << 4 | 1;
+    }
+
     fn now(&self) -> i64 {
         let host = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -207,6 +277,37 @@ mod tests {
         assert_eq!(read(&mut c, STATUS_B), 0x02);
         assert_eq!(read(&mut c, STATUS_D), 0x80);
         assert_eq!(read(&mut c, STATUS_A) & 0x80, 0, "never mid-update");
+    }
+
+    #[test]
+    fn memory_cpus_and_boot_order_as_the_bios_reads_them() {
+        let mut c = Cmos::default();
+        c.set_memory(32 << 20, 0);
+        let word = |c: &mut Cmos, at: u8| u16::from(read(c, at)) | u16::from(read(c, at + 1)) << 8;
+        assert_eq!(word(&mut c, 0x15), 640);
+        assert_eq!(word(&mut c, 0x17), 31 * 1024);
+        assert_eq!(word(&mut c, 0x30), 31 * 1024);
+        assert_eq!(word(&mut c, 0x34), (32 - 16) * 16);
+        assert_eq!(
+            [read(&mut c, 0x5b), read(&mut c, 0x5c), read(&mut c, 0x5d)],
+            [0; 3]
+        );
+        // 3 GiB below 4 GiB and 5 GiB above: the KiB counts cap, the high count does not.
+        c.set_memory(3 << 30, 5 << 30);
+        assert_eq!(word(&mut c, 0x17), 0xffff);
+        assert_eq!(word(&mut c, 0x34), ((3u64 << 30) / 65536 - 256) as u16);
+        let high = u32::from(read(&mut c, 0x5b))
+            | u32::from(read(&mut c, 0x5c)) << 8
+            | u32::from(read(&mut c, 0x5d)) << 16;
+        assert_eq!(u64::from(high), (5u64 << 30) / 65536);
+        c.set_cpus(4);
+        assert_eq!(read(&mut c, 0x5f), 3);
+        // -boot d: CD first, then the disk.
+        c.set_boot_order(&[BootDevice::Cdrom, BootDevice::Disk]);
+        assert_eq!(read(&mut c, 0x3d), 0x23);
+        assert_eq!(read(&mut c, 0x38), 0x01);
+        c.set_boot_order(&[BootDevice::Disk, BootDevice::Cdrom, BootDevice::Network]);
+        assert_eq!((read(&mut c, 0x3d), read(&mut c, 0x38)), (0x32, 0x41));
     }
 
     #[test]
