@@ -25,7 +25,7 @@ mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules); do insmod /m/$m.ko || echo "insmod-failed=$m"; done
 n=0; while [ ! -b /dev/vda ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
 for d in /sys/bus/virtio/devices/*; do
-    echo "virtio=$(basename $d) device=$(cat $d/device) driver=$(basename $(readlink $d/driver))"
+    echo "virtio=$(basename $d) device=$(cat $d/device) driver=$(basename $(readlink $d/driver)) features=$(cat $d/features)"
 done
 mode=$(sed -n 's/.*kiln\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
 if [ "$mode" = console ]; then
@@ -101,6 +101,17 @@ fn repeat(line: &str, len: usize) -> Vec<u8> {
 
 fn md5_hex(data: &[u8]) -> String {
     kiln_testrig::digest_hex("md5sum", data)
+}
+
+/// Whether feature `bit` is set in a `features=` listing of the guest's sysfs (one
+/// character per bit, bit 0 first).
+fn feature(line: &str, bit: usize) -> bool {
+    let bits = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("features="))
+        .unwrap_or_else(|| panic!("no features= in {line:?}"));
+    assert_eq!(bits.len(), 64, "{line}");
+    bits.as_bytes()[bit] == b'1'
 }
 
 fn field<'a>(r: &'a RunResult, out: &'a str, key: &str) -> &'a str {
@@ -322,6 +333,17 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
         .filter(|l| l.starts_with("virtio=") && l.contains("device=0x0002 driver=virtio_blk"))
         .collect();
     assert_eq!(blk.len(), 2, "two virtio-blk devices:\n{out}");
+    // The negotiated features (sysfs: one '0'/'1' per bit): VERSION_1 (32), EVENT_IDX (29),
+    // FLUSH (9) and SEG_MAX (2) on both disks; RO (5) on the read-only one only.
+    for bit in [32, 29, 9, 2] {
+        assert!(blk.iter().all(|l| feature(l, bit)), "bit {bit}: {blk:?}");
+    }
+    assert_eq!(blk.iter().filter(|l| feature(l, 5)).count(), 1, "{blk:?}");
+    let rng = out
+        .lines()
+        .find(|l| l.contains("device=0x0004 driver=virtio_rng"))
+        .unwrap_or_else(|| panic!("no virtio-rng device:\n{out}"));
+    assert!(feature(rng, 32) && feature(rng, 29), "{rng}");
     assert!(!out.contains("insmod-failed"), "{out}");
     assert_eq!(field(r, &out, "serial"), "kiln-data-1");
     assert_eq!(field(r, &out, "sectors"), ((32u64 << 20) / 512).to_string());

@@ -16,6 +16,7 @@ for m in $(cat /modules); do insmod /m/$m.ko || echo "insmod-failed=$m"; done
 n=0; while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n+1)); done
 echo "mac=$(cat /sys/class/net/eth0/address)"
 echo "driver=$(basename $(readlink /sys/class/net/eth0/device/driver))"
+echo "features=$(cat /sys/class/net/eth0/device/features)"
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
@@ -103,6 +104,13 @@ fn tap_ping_and_a_64_mib_download() {
     assert!(!out.contains("insmod-failed"), "{out}");
     assert_eq!(field(r, &out, "mac"), "52:54:00:12:34:56");
     assert_eq!(field(r, &out, "driver"), "virtio_net");
+    // Negotiated (sysfs: one '0'/'1' per bit, bit 0 first): CSUM 0, GUEST_CSUM 1, MAC 5,
+    // GUEST_TSO4/6 7/8, HOST_TSO4/6 11/12, MRG_RXBUF 15, STATUS 16, EVENT_IDX 29,
+    // VERSION_1 32.
+    let features = field(r, &out, "features").as_bytes();
+    for bit in [0, 1, 5, 7, 8, 11, 12, 15, 16, 29, 32] {
+        assert_eq!(features.get(bit), Some(&b'1'), "feature bit {bit}: {out}");
+    }
     assert_eq!(field(r, &out, "ping"), "ok", "{out}");
     let host_md5 = field(r, &out, "host-md5");
     assert_eq!(host_md5.len(), 32, "{out}");
