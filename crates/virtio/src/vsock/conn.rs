@@ -7,7 +7,10 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::num::Wrapping;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Instant;
 
 /// The receive buffer each connection advertises to the guest: the most guest data it
@@ -226,4 +229,46 @@ impl Conn {
     pub fn done(&self) -> bool {
         self.peer_shut_rcv && self.peer_shut_send && self.to_host.is_empty()
     }
+}
+
+/// Connect to the Unix socket at `path` without waiting: a listener whose backlog is full
+/// (a host program that does not accept) is a failure (`WouldBlock`), not a stalled
+/// device thread, which `UnixStream::connect` would be.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    let mut addr = libc::sockaddr_un {
+        sun_family: libc::AF_UNIX as libc::sa_family_t,
+        sun_path: [0; 108],
+    };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket() takes no pointers; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns; OwnedFd closes it once.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un that outlives the call and `len` does not
+    // exceed its size; the descriptor is open (owned by `fd`).
+    let r = unsafe {
+        libc::connect(
+            std::os::unix::io::AsRawFd::as_raw_fd(&fd),
+            (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
 }

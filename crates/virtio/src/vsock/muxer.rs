@@ -10,7 +10,7 @@
 //! control packets or readable data and credit. Transmit processing stops while the reset
 //! queue is full and resumes when the receive queue drains it.
 
-use super::conn::{Conn, Flushed, State, BUF_ALLOC};
+use super::conn::{connect_nonblocking, Conn, Flushed, State, BUF_ALLOC};
 use super::packet::*;
 use super::{
     Counters, CONNECT_LINE_MAX, HOST_CID, LOCAL_PORT_BASE, MAX_CONNS, RESET_QUEUE_CAP, RX_QUEUE,
@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -439,12 +439,7 @@ impl Muxer {
         }
         let mut path = self.uds.clone().into_os_string();
         path.push(format!("_{}", hdr.dst_port));
-        // Connecting to a Unix socket does not wait for the peer to accept (only for
-        // room in its backlog).
-        let stream = UnixStream::connect(&path).and_then(|s| {
-            s.set_nonblocking(true)?;
-            Ok(s)
-        });
+        let stream = connect_nonblocking(Path::new(&path));
         let Ok(stream) = stream else {
             self.push_reset(hdr.dst_port, hdr.src_port);
             return;
