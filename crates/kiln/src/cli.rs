@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_arch::CpuMode;
-use kiln_vmm::config::{DiskConfig, NetConfig};
+use kiln_vmm::config::{DiskConfig, NetConfig, VsockConfig};
 use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, StopReason, Vm, VmConfig};
 use std::path::PathBuf;
 
@@ -143,6 +143,12 @@ struct RunArgs {
     /// it instead of COM1; both write to standard output.
     #[arg(long, requires = "kernel")]
     virtio_console: bool,
+
+    /// A virtio-vsock device: cid=N,uds=PATH (N >= 3). Host programs connect to the Unix
+    /// socket PATH and write "CONNECT <port>\n" (answer: "OK <host port>\n"); guest
+    /// connections to CID 2 port P go to the Unix socket PATH_P (Firecracker's scheme).
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock, requires = "kernel")]
+    vsock: Option<VsockConfig>,
 
     /// Boot Linux without ACPI tables (the classic -no-acpi); an MP table describes
     /// the CPUs and the IOAPIC instead.
@@ -305,6 +311,34 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
     Ok(net)
 }
 
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for part in split_options(s) {
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(format!("'{part}' in '{s}' is not key=value"));
+        };
+        match key {
+            "cid" | "guest_cid" => {
+                let n: u32 = value
+                    .parse()
+                    .map_err(|_| format!("cid={value}: not a number up to 4294967294"))?;
+                if !(3..u32::MAX).contains(&n) {
+                    return Err(format!(
+                        "cid={value}: the guest's CID must be 3 to 4294967294 (0-2 are reserved)"
+                    ));
+                }
+                cid = Some(n);
+            }
+            "uds" | "uds_path" | "path" if !value.is_empty() => uds = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown or empty vsock option '{key}' (cid, uds)")),
+        }
+    }
+    match (cid, uds) {
+        (Some(cid), Some(uds_path)) => Ok(VsockConfig { cid, uds_path }),
+        _ => Err(format!("'{s}': --vsock needs cid=N,uds=PATH")),
+    }
+}
+
 fn parse_module(s: &str) -> Result<ModuleSpec, String> {
     let (path, args) = match s.split_once(',') {
         Some((p, a)) => (p, Some(a.to_string())),
@@ -412,6 +446,7 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
     config.nets = args.net;
     config.rng = args.rng;
     config.virtio_console = args.virtio_console;
+    config.vsock = args.vsock;
 
     let outcome = loop {
         let vm = Vm::build(&config).map_err(|e| e.to_string())?;
@@ -494,6 +529,28 @@ mod tests {
         assert!(parse_load("nofile").is_err());
         assert!(parse_load("@0x10").is_err());
         assert!(parse_addr("0xZZ").is_err());
+    }
+
+    #[test]
+    fn vsock_options() {
+        let v = parse_vsock("cid=3,uds=/tmp/v.sock").unwrap();
+        assert_eq!((v.cid, v.uds_path), (3, PathBuf::from("/tmp/v.sock")));
+        assert_eq!(
+            parse_vsock("uds=/a,,b,cid=4294967294").unwrap().uds_path,
+            PathBuf::from("/a,b")
+        );
+        for bad in [
+            "cid=2,uds=/x",
+            "cid=4294967295,uds=/x",
+            "cid=x,uds=/x",
+            "cid=3",
+            "uds=/x",
+            "cid=3,uds=",
+            "cid=3,uds=/x,port=1",
+            "3",
+        ] {
+            assert!(parse_vsock(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

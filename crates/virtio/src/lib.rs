@@ -9,6 +9,7 @@
 //!   TSO offloads passed through to the TAP).
 //! - [`console`]: virtio-console, one port: host input to the guest, guest output to a writer.
 //! - [`rng`]: virtio-rng, fed from the host's `/dev/urandom`.
+//! - [`vsock`]: virtio-vsock, guest sockets to host Unix sockets (Firecracker's scheme).
 //! - [`worker`]: the queue thread and ring-draining loop simple devices share.
 //!
 //! Device code sees guest memory only through vm-memory and rings only through
@@ -21,6 +22,7 @@ pub mod device;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 pub use device::{Activation, GuestMemory, Interrupt, VirtioDevice};

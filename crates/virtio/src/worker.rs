@@ -8,7 +8,9 @@
 //! adds one host-side wake-up eventfd that counts as a kick of a chosen queue
 //! (virtio-console's "input arrived" for its receive queue); [`WorkerBuilder::watch_fd`]
 //! adds a host file descriptor watched edge-triggered (virtio-net's TAP): its readiness calls
-//! [`QueueService::fd_ready`] and counts as a kick of a chosen queue. [`drain`] is the
+//! [`QueueService::fd_ready`] and counts as a kick of a chosen queue;
+//! [`QueueService::take_wakeups`] lets a service have another of its queues served
+//! (virtio-vsock's replies to transmitted packets). [`drain`] is the
 //! event-idx-safe loop that pops chains, lets the device serve each and returns them on
 //! the used ring.
 
@@ -146,6 +148,14 @@ pub trait QueueService: Send + 'static {
     /// service must remember it until it has read the descriptor dry. `serve` for the
     /// descriptor's queue follows. The default does nothing.
     fn fd_ready(&mut self) {}
+
+    /// Queues (a bit per index) the service wants served again without a kick, e.g. its
+    /// receive queue after its transmit queue produced replies. Asked after every round
+    /// of serving; the service must report each reason once, or the thread spins. The
+    /// default asks for nothing.
+    fn take_wakeups(&mut self) -> u64 {
+        0
+    }
 }
 
 /// A host file descriptor for [`WorkerBuilder::watch_fd`]; the worker keeps it open while
@@ -418,6 +428,12 @@ impl<S: QueueService> Worker<S> {
                     self.config_interrupt.trigger();
                 }
                 *p = out.more;
+            }
+            if !self.broken {
+                let wake = self.service.take_wakeups();
+                for (i, p) in pending.iter_mut().enumerate().take(64) {
+                    *p |= wake & (1 << i) != 0;
+                }
             }
         }
     }

@@ -95,6 +95,16 @@ pub struct NetConfig {
     pub mac: Option<[u8; 6]>,
 }
 
+/// A virtio-vsock device whose host side is a Unix socket (Firecracker's scheme).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub cid: u32,
+    /// The Unix socket Kiln listens on for host-initiated connections (`CONNECT <port>`);
+    /// guest connections to host port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
 /// A whole VM's configuration.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -126,12 +136,18 @@ pub struct VmConfig {
     /// A virtio console (the guest's hvc0; kernel guests only). Its output goes where the
     /// serial port's does, and standard input goes to it instead of to the serial port.
     pub virtio_console: bool,
+    /// A virtio-vsock device (kernel guests only).
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
     /// Whether the VM gets any virtio device (they need PCI, so a kernel guest).
     pub fn wants_virtio(&self) -> bool {
-        !self.disks.is_empty() || !self.nets.is_empty() || self.rng || self.virtio_console
+        !self.disks.is_empty()
+            || !self.nets.is_empty()
+            || self.rng
+            || self.virtio_console
+            || self.vsock.is_some()
     }
 
     /// A configuration with defaults (128 MiB, one vCPU, stdin forwarded).
@@ -150,6 +166,7 @@ impl VmConfig {
             nets: Vec::new(),
             rng: false,
             virtio_console: false,
+            vsock: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The VM's virtio devices: each configured disk becomes a virtio-blk device, each network
-//! a virtio-net device on its TAP, `rng` a virtio-rng device and `virtio_console` a virtio
-//! console, each behind the modern PCI transport with a BAR from the 32-bit MMIO hole, one
+//! a virtio-net device on its TAP, `rng` a virtio-rng device, `virtio_console` a virtio
+//! console and `vsock` a virtio-vsock device on a host Unix socket, each behind the modern PCI transport with a BAR from the 32-bit MMIO hole, one
 //! MSI GSI per vector and INTA on its slot's `_PRT` GSI. [`VirtioDevices`] stops their
 //! threads before guest memory goes away.
 
@@ -16,6 +16,7 @@ use kiln_virtio::console::{ConsoleInput, VirtioConsole};
 use kiln_virtio::net::{Tap, VirtioNet};
 use kiln_virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use kiln_virtio::rng::VirtioRng;
+use kiln_virtio::vsock::VirtioVsock;
 use kiln_virtio::VirtioDevice;
 use kvm_ioctls::VmFd;
 use std::io::Write;
@@ -72,6 +73,11 @@ impl VirtioDevices {
             let rng = VirtioRng::new()
                 .map_err(|e| VmmError::Config(format!("virtio-rng: /dev/urandom: {e}")))?;
             me.add(Box::new(rng), memory, &host, root, res)?;
+        }
+        if let Some(v) = &config.vsock {
+            let vsock = VirtioVsock::new(u64::from(v.cid), &v.uds_path)
+                .map_err(|e| VmmError::Config(e.to_string()))?;
+            me.add(Box::new(vsock), memory, &host, root, res)?;
         }
         if let Some(out) = console_out {
             let (console, input) = VirtioConsole::new(out)
