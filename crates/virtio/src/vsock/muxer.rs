@@ -622,11 +622,17 @@ impl Muxer {
                 let want = cap.min(conn.credit() as usize);
                 match conn.read_host(&mut self.scratch[..want]) {
                     Ok(0) => {
-                        // Host EOF: shut the guest's side down, bounded in time.
+                        // Host EOF: the host sends nothing more. The guest may still
+                        // send (a half-close, as a request/response client does); a host
+                        // that closed completely fails the next write, which resets.
+                        // When the guest has stopped sending too, the connection is
+                        // over: it gets a bounded time to close.
                         conn.host_eof = true;
                         conn.pending.shutdown = true;
-                        conn.deadline = Some(Instant::now() + TIMEOUT);
-                        self.rearm_timer();
+                        if conn.peer_shut_send {
+                            conn.deadline = Some(Instant::now() + TIMEOUT);
+                            self.rearm_timer();
+                        }
                     }
                     Ok(k) => {
                         n = k;
@@ -644,7 +650,7 @@ impl Muxer {
             match op {
                 Some(op) => op,
                 None if std::mem::take(&mut p.shutdown) => {
-                    flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                    flags = SHUTDOWN_SEND;
                     OP_SHUTDOWN
                 }
                 None if p.credit_update => OP_CREDIT_UPDATE,

@@ -61,10 +61,10 @@ fn host_initiated_stream_both_ways_then_host_close() {
     );
     assert_eq!(read_exact(&mut host, msg.len()), msg);
 
-    // The host closes: the guest is told both directions are shut and resets.
+    // The host closes: the guest is told the host sends no more, and resets.
     drop(host);
     let (p, _) = g.recv(&mut m);
-    assert_eq!((p.op, p.flags), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
+    assert_eq!((p.op, p.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
     g.send(&mut m, &hdr(OP_RST, 1234, local), &[]);
     assert_eq!(m.open_connections(), 0);
     assert_eq!(counter(&dev, "errors"), 0);
@@ -129,6 +129,36 @@ fn guest_half_close_reaches_the_host_and_data_still_flows_back() {
     let (p, payload) = g.recv(&mut m);
     assert_eq!((p.op, payload.as_slice()), (OP_RW, &b"answer"[..]));
     assert_eq!(m.open_connections(), 1);
+}
+
+/// The rig found this: a host client that sends its request, half-closes (shutdown of
+/// its write side) and reads the answer. The guest must be told only that the host sends
+/// no more, so it can still answer.
+#[test]
+fn host_half_close_leaves_the_guest_free_to_answer() {
+    let (_dir, uds, _dev, mut m, mut g) = setup();
+    let (mut host, local) = host_connect(&uds, &mut m, &mut g, 1235);
+    host.write_all(b"request").unwrap();
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    let (p, payload) = g.recv(&mut m);
+    assert_eq!((p.op, payload.as_slice()), (OP_RW, &b"request"[..]));
+    let (p, _) = g.recv(&mut m);
+    assert_eq!((p.op, p.flags), (OP_SHUTDOWN, SHUTDOWN_SEND), "{p:?}");
+    // The guest answers after the host's EOF; the host reads it.
+    g.send(&mut m, &rw(1235, local, 6, 0), b"answer");
+    assert_eq!(read_exact(&mut host, 6), b"answer");
+    assert_eq!(m.open_connections(), 1);
+    // The guest closes: both directions are done, the host sees EOF.
+    let shut = Header {
+        flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
+        ..hdr(OP_SHUTDOWN, 1235, local)
+    };
+    g.send(&mut m, &shut, &[]);
+    let (p, _) = g.recv(&mut m);
+    assert_eq!(p.op, OP_RST);
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(host.read(&mut [0u8; 16]).unwrap(), 0, "EOF");
+    assert_eq!(m.open_connections(), 0);
 }
 
 #[test]
