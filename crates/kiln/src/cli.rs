@@ -41,6 +41,14 @@ enum Command {
         #[command(subcommand)]
         command: crate::img::ImgCommand,
     },
+    /// QEMU's classic command line (-m, -smp, -kernel, -append, -hda, -no-acpi, ...),
+    /// translated into `kiln run`; `kiln kvm -help` lists what it takes.
+    #[command(disable_help_flag = true)]
+    Kvm {
+        /// QEMU-style options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 const RUN_LONG_HELP: &str = concat!(
@@ -385,7 +393,30 @@ pub fn execute(cli: Cli, start: std::time::Instant) -> Result<u8, String> {
     match cli.command {
         Command::Run(args) => run(args, start),
         Command::Img { command } => crate::img::execute(command),
+        Command::Kvm { args } => classic(&args, start),
     }
+}
+
+/// `kiln kvm ARGS`: translate, then run exactly as `kiln run` would.
+fn classic(args: &[String], start: std::time::Instant) -> Result<u8, String> {
+    if args
+        .iter()
+        .any(|a| matches!(a.as_str(), "-h" | "-help" | "--help"))
+    {
+        print!("{}", crate::classic::HELP);
+        return Ok(0);
+    }
+    let run_args = crate::classic::translate(args).map_err(|e| format!("kvm: {e}"))?;
+    let argv = ["kiln".to_string(), "run".to_string()]
+        .into_iter()
+        .chain(run_args);
+    let cli = Cli::try_parse_from(argv).map_err(|e| {
+        let text = e.render().to_string();
+        let first = text.split("\n\n").next().unwrap_or("invalid arguments");
+        let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+        format!("kvm: {}", line.trim_start_matches("error: "))
+    })?;
+    execute(cli, start)
 }
 
 fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
