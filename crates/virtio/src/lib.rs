@@ -10,6 +10,8 @@
 //! - [`console`]: virtio-console, one port: host input to the guest, guest output to a writer.
 //! - [`rng`]: virtio-rng, fed from the host's `/dev/urandom`.
 //! - [`worker`]: the queue thread and ring-draining loop simple devices share.
+//! - [`fuzz`]: the harness the devices' fuzz targets share (input format, queue set-up,
+//!   rounds, ring invariants).
 //!
 //! Device code sees guest memory only through vm-memory and rings only through
 //! virtio-queue, whose checks (descriptor addresses inside guest memory, chain lengths,
@@ -18,6 +20,7 @@
 pub mod blk;
 pub mod console;
 pub mod device;
+pub mod fuzz;
 pub mod net;
 pub mod pci;
 pub mod rng;
