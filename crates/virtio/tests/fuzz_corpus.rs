@@ -46,6 +46,13 @@ const TARGETS: &[Target] = &[
         seeds: fuzz_seeds::blk::seeds,
         mutations: 2000,
     },
+    Target {
+        name: "virtio_rng",
+        run_one: kiln_virtio::rng::fuzz::run_one,
+        run: kiln_virtio::rng::fuzz::run,
+        seeds: fuzz_seeds::rng::seeds,
+        mutations: 4000,
+    },
 ];
 
 /// Fewest corpus files the replay accepts per target (a missing or emptied corpus is an
