@@ -8,6 +8,7 @@
 //! module adds its own. `fuzz_corpus.rs` writes them and checks each does what it aims at.
 
 pub mod blk;
+pub mod console;
 pub mod rng;
 
 use kiln_virtio::fuzz::{Header, Round};
