@@ -47,6 +47,13 @@ const TARGETS: &[Target] = &[
         mutations: 2000,
     },
     Target {
+        name: "virtio_net",
+        run_one: kiln_virtio::net::fuzz::run_one,
+        run: kiln_virtio::net::fuzz::run,
+        seeds: fuzz_seeds::net::seeds,
+        mutations: 4000,
+    },
+    Target {
         name: "virtio_console",
         run_one: kiln_virtio::console::fuzz::run_one,
         run: kiln_virtio::console::fuzz::run,

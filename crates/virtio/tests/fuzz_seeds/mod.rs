@@ -9,6 +9,7 @@
 
 pub mod blk;
 pub mod console;
+pub mod net;
 pub mod rng;
 
 use kiln_virtio::fuzz::{Header, Round};
