@@ -25,6 +25,10 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes};
 use vmm_sys_util::eventfd::EventFd;
 
+/// The fuzz target's body: arbitrary bytes as a queue, guest memory and host input, run
+/// and checked.
+pub mod fuzz;
+
 /// virtio's device ID for a console.
 pub const VIRTIO_ID_CONSOLE: u32 = 3;
 /// Queue size offered for both queues.

@@ -11,6 +11,8 @@
 //! - [`rng`]: virtio-rng, fed from the host's `/dev/urandom`.
 //! - [`vsock`]: virtio-vsock, guest sockets to host Unix sockets (Firecracker's scheme).
 //! - [`worker`]: the queue thread and ring-draining loop simple devices share.
+//! - [`fuzz`]: the harness the devices' fuzz targets share (input format, queue set-up,
+//!   rounds, ring invariants).
 //!
 //! Device code sees guest memory only through vm-memory and rings only through
 //! virtio-queue, whose checks (descriptor addresses inside guest memory, chain lengths,
@@ -19,6 +21,7 @@
 pub mod blk;
 pub mod console;
 pub mod device;
+pub mod fuzz;
 pub mod net;
 pub mod pci;
 pub mod rng;

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestAddress};
 
+/// The fuzz target's body: arbitrary bytes as a queue and guest memory, run and checked.
+pub mod fuzz;
+
 /// virtio's device ID for an entropy source.
 pub const VIRTIO_ID_RNG: u32 = 4;
 /// Queue size offered.

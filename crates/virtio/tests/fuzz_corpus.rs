@@ -1,35 +1,89 @@
-//! Stable replay of the virtio-blk fuzz corpus (`fuzz/corpus/virtio_blk`): every file goes
-//! through [`run_one`], then a few thousand deterministic mutations of the seeds. Fuzzing
-//! proper (libFuzzer, nightly) is `cargo +nightly fuzz run virtio_blk` from the repository
-//! root; see `fuzz/README.md`.
+//! Stable replay of the fuzz corpora (`fuzz/corpus/<target>/`, one per target in
+//! [`TARGETS`]): every file goes through the target's `run_one`, then deterministic
+//! mutations of the corpus. Fuzzing proper (libFuzzer, nightly) is
+//! `cargo +nightly fuzz run <target>` from the repository root; see `fuzz/README.md`.
 //!
-//! The seed generator is in `fuzz_seeds/`; the seeds are written by
+//! The seed generators are in `fuzz_seeds/`; the seeds are written by
 //! `cargo test -p kiln-virtio --test fuzz_corpus -- --ignored regenerate_seeds`, which
 //! replaces every `seed-*` file and leaves other corpus files (crashes, libFuzzer finds)
-//! alone. `soak` (also ignored) runs many more mutations: `KILN_FUZZ_ITERS=1000000`.
+//! alone. `soak` (also ignored) runs many more mutations: `KILN_FUZZ_ITERS=1000000`,
+//! `KILN_FUZZ_TARGET=virtio_net` for one target, `KILN_FUZZ_SAVE=<dir>` to keep a failing
+//! input.
 
 mod fuzz_seeds;
 
-use fuzz_seeds::seeds;
-use kiln_virtio::blk::fuzz::{run, run_one, Header, HEADER_LEN};
+use kiln_virtio::fuzz::{Driven, Header, HEADER_LEN};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Fewest corpus files the replay accepts (a missing or emptied corpus is an error).
+/// One fuzz target: its corpus directory's name, its body, its seeds.
+struct Target {
+    name: &'static str,
+    run_one: fn(&[u8]),
+    /// What the harness saw (activated, completed, broken).
+    run: fn(&[u8]) -> Driven,
+    seeds: fn() -> Vec<(String, Vec<u8>)>,
+    /// Mutated inputs the replay test runs.
+    mutations: usize,
+}
+
+fn blk_run(data: &[u8]) -> Driven {
+    let s = kiln_virtio::blk::fuzz::run(data);
+    Driven {
+        activated: s.activated,
+        completed: s.completed,
+        broken: s.broken,
+        more: s.more,
+    }
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        name: "virtio_blk",
+        run_one: kiln_virtio::blk::fuzz::run_one,
+        run: blk_run,
+        seeds: fuzz_seeds::blk::seeds,
+        mutations: 2000,
+    },
+    Target {
+        name: "virtio_net",
+        run_one: kiln_virtio::net::fuzz::run_one,
+        run: kiln_virtio::net::fuzz::run,
+        seeds: fuzz_seeds::net::seeds,
+        mutations: 4000,
+    },
+    Target {
+        name: "virtio_console",
+        run_one: kiln_virtio::console::fuzz::run_one,
+        run: kiln_virtio::console::fuzz::run,
+        seeds: fuzz_seeds::console::seeds,
+        mutations: 4000,
+    },
+    Target {
+        name: "virtio_rng",
+        run_one: kiln_virtio::rng::fuzz::run_one,
+        run: kiln_virtio::rng::fuzz::run,
+        seeds: fuzz_seeds::rng::seeds,
+        mutations: 4000,
+    },
+];
+
+/// Fewest corpus files the replay accepts per target (a missing or emptied corpus is an
+/// error).
 const MIN_CORPUS: usize = 20;
-/// Mutated inputs run by the replay test.
-const MUTATIONS: usize = 2000;
 /// Largest seed file and whole corpus the generator may write.
 const MAX_SEED: usize = 64 << 10;
 const MAX_CORPUS_BYTES: usize = 1 << 20;
 
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/virtio_blk")
+fn corpus_dir(t: &Target) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(t.name)
 }
 
-fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir();
+fn corpus(t: &Target) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(t);
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
         panic!(
             "the fuzz corpus {} is missing ({e}); regenerate it with \
@@ -66,7 +120,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn new() -> Runner {
+    fn new(run_one: fn(&[u8])) -> Runner {
         let (inputs, rx) = mpsc::channel::<Vec<u8>>();
         let (tx, results) = mpsc::channel();
         std::thread::spawn(move || {
@@ -93,7 +147,16 @@ impl Runner {
         self.inputs
             .send(data.to_vec())
             .expect("the runner thread is gone");
-        match self.results.recv_timeout(HANG) {
+        let result = self.results.recv_timeout(HANG);
+        if !matches!(result, Ok(Ok(_))) {
+            // Keep the failing input for minimizing and for the corpus.
+            if let Some(dir) = std::env::var_os("KILN_FUZZ_SAVE") {
+                let file = PathBuf::from(dir).join(name.replace(['/', ' ', '(', ')'], "_"));
+                let _ = std::fs::write(&file, data);
+                eprintln!("saved the failing input to {}", file.display());
+            }
+        }
+        match result {
             Ok(Ok(t)) => t,
             Ok(Err(msg)) => panic!("fuzz input {name} ({} bytes) failed: {msg}", data.len()),
             Err(_) => panic!(
@@ -106,31 +169,41 @@ impl Runner {
 
 #[test]
 fn corpus_replays() {
-    let files = corpus();
-    let runner = Runner::new();
-    let start = Instant::now();
-    let mut slowest = (Duration::ZERO, String::new());
-    for (name, data) in &files {
-        let t = runner.run(name, data);
-        if t > slowest.0 {
-            slowest = (t, name.clone());
+    for t in TARGETS {
+        let files = corpus(t);
+        let runner = Runner::new(t.run_one);
+        let start = Instant::now();
+        let mut slowest = (Duration::ZERO, String::new());
+        for (name, data) in &files {
+            let t = runner.run(&format!("{}/{name}", t.name), data);
+            if t > slowest.0 {
+                slowest = (t, name.clone());
+            }
         }
+        eprintln!(
+            "{}: replayed {} corpus files in {:?} (slowest {} in {:?})",
+            t.name,
+            files.len(),
+            start.elapsed(),
+            slowest.1,
+            slowest.0
+        );
     }
-    eprintln!(
-        "replayed {} corpus files in {:?} (slowest {} in {:?})",
-        files.len(),
-        start.elapsed(),
-        slowest.1,
-        slowest.0
-    );
 }
 
 #[test]
 fn seed_mutations() {
-    let seeds: Vec<Vec<u8>> = corpus().into_iter().map(|(_, d)| d).collect();
-    let start = Instant::now();
-    mutate_and_run(&seeds, 0x853c_49e6_748f_ea9b, MUTATIONS);
-    eprintln!("{MUTATIONS} mutated inputs in {:?}", start.elapsed());
+    for t in TARGETS {
+        let seeds: Vec<Vec<u8>> = corpus(t).into_iter().map(|(_, d)| d).collect();
+        let start = Instant::now();
+        mutate_and_run(t, &seeds, 0x853c_49e6_748f_ea9b, t.mutations);
+        eprintln!(
+            "{}: {} mutated inputs in {:?}",
+            t.name,
+            t.mutations,
+            start.elapsed()
+        );
+    }
 }
 
 /// Many more mutations, for hunting bugs without libFuzzer (`KILN_FUZZ_ITERS`, `KILN_FUZZ_SEED`).
@@ -145,84 +218,132 @@ fn soak() {
     };
     let iters = env("KILN_FUZZ_ITERS", 200_000) as usize;
     let seed = env("KILN_FUZZ_SEED", 1);
-    let seeds: Vec<Vec<u8>> = corpus().into_iter().map(|(_, d)| d).collect();
-    let start = Instant::now();
-    mutate_and_run(&seeds, seed, iters);
-    eprintln!("{iters} mutated inputs in {:?}", start.elapsed());
+    let only = std::env::var("KILN_FUZZ_TARGET").ok();
+    for t in TARGETS {
+        if only.as_deref().is_some_and(|o| o != t.name) {
+            continue;
+        }
+        let seeds: Vec<Vec<u8>> = corpus(t).into_iter().map(|(_, d)| d).collect();
+        let start = Instant::now();
+        mutate_and_run(t, &seeds, seed, iters);
+        eprintln!(
+            "{}: {iters} mutated inputs in {:?}",
+            t.name,
+            start.elapsed()
+        );
+    }
 }
 
 /// The seeds as written by [`regenerate_seeds`] are what the corpus holds.
 #[test]
 #[ignore]
 fn regenerate_seeds() {
-    let dir = corpus_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_name().to_string_lossy().starts_with("seed-") {
-            std::fs::remove_file(e.path()).unwrap();
+    for t in TARGETS {
+        let dir = corpus_dir(t);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().starts_with("seed-") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
         }
+        let seeds = (t.seeds)();
+        for (i, (name, data)) in seeds.iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i:02}-{name}")), data).unwrap();
+        }
+        eprintln!("wrote {} seeds to {}", seeds.len(), dir.display());
     }
-    let seeds = seeds();
-    let mut total = 0;
-    for (i, (name, data)) in seeds.iter().enumerate() {
-        assert!(data.len() <= MAX_SEED, "{name}: {} bytes", data.len());
-        total += data.len();
-        std::fs::write(dir.join(format!("seed-{i:02}-{name}")), data).unwrap();
-    }
-    assert!(total <= MAX_CORPUS_BYTES, "{total} bytes of seeds");
-    eprintln!(
-        "wrote {} seeds ({total} bytes) to {}",
-        seeds.len(),
-        dir.display()
-    );
 }
 
-/// The generator's own seeds pass (also when the corpus directory is stale) and reach
-/// what they aim at.
+/// Every generator stays within the corpus limits.
+#[test]
+fn seeds_are_small() {
+    for t in TARGETS {
+        let seeds = (t.seeds)();
+        assert!(
+            seeds.len() >= MIN_CORPUS,
+            "{}: {} seeds",
+            t.name,
+            seeds.len()
+        );
+        let mut total = 0;
+        for (name, data) in &seeds {
+            assert!(
+                data.len() <= MAX_SEED,
+                "{}/{name}: {} bytes",
+                t.name,
+                data.len()
+            );
+            total += data.len();
+        }
+        assert!(
+            total <= MAX_CORPUS_BYTES,
+            "{}: {total} bytes of seeds",
+            t.name
+        );
+    }
+}
+
+/// Seeds the ring breaks on (by name), and ones whose ring the transport refuses.
+const BREAKS: &[&str] = &[
+    "avail-idx-jump",
+    "head-beyond-queue",
+    "used-flags-on-avail-idx",
+    "read-over-the-rings",
+];
+const REFUSED: &str = "ring-outside-memory";
+
+/// The generators' own seeds pass (also when the corpus directories are stale) and reach
+/// what they aim at: activated unless the transport refuses the ring, broken exactly when
+/// aimed at a corrupt ring (seeds that overwrite the rings may go either way), something
+/// served unless the name says `idle`.
 #[test]
 fn generated_seeds_pass() {
-    let runner = Runner::new();
-    for (name, data) in seeds() {
-        runner.run(&name, &data);
-        let s = run(&data);
-        let c = |n| s.counter(n);
-        eprintln!(
-            "{name:28} activated {:5} completed {:3} broken {:5} r/w/f/o {}/{}/{}/{} \
-             bytes r/w {}/{} errors {}",
-            s.activated,
-            s.completed,
-            s.broken,
-            c("read_requests"),
-            c("write_requests"),
-            c("flush_requests"),
-            c("other_requests"),
-            c("bytes_read"),
-            c("bytes_written"),
-            c("errors")
-        );
-        if name == "empty" || name == "header-only" {
-            continue;
+    for t in TARGETS {
+        let runner = Runner::new(t.run_one);
+        for (name, data) in (t.seeds)() {
+            runner.run(&format!("{}/{name}", t.name), &data);
+            let d = (t.run)(&data);
+            eprintln!(
+                "{}/{name:40} activated {:5} completed {:3} broken {:5}",
+                t.name, d.activated, d.completed, d.broken
+            );
+            if name == "empty" || name == "header-only" {
+                continue;
+            }
+            assert_eq!(d.activated, !name.ends_with(REFUSED), "{}/{name}", t.name);
+            if !name.ends_with("buffers-over-the-rings") {
+                let expect = BREAKS.iter().any(|b| name.ends_with(b));
+                assert_eq!(d.broken, expect, "{}/{name}", t.name);
+            }
+            if d.activated && !d.broken && !name.ends_with("idle") {
+                assert!(d.completed > 0, "{}/{name}: nothing served", t.name);
+            }
         }
-        assert_eq!(s.activated, name != "ring-outside-memory", "{name}");
-        let expect_broken = [
-            "avail-idx-jump",
-            "head-beyond-queue",
-            "used-flags-on-avail-idx",
-            "read-over-the-rings",
-        ];
-        assert_eq!(s.broken, expect_broken.contains(&name.as_str()), "{name}");
-        if s.activated && !s.broken {
-            assert!(s.completed > 0, "{name}: nothing served");
-        }
+    }
+}
+
+/// blk's seeds as generated are what the corpus holds (its input format is unchanged).
+#[test]
+fn blk_seeds_match_the_corpus() {
+    let t = &TARGETS[0];
+    let files: std::collections::HashMap<String, Vec<u8>> = corpus(t).into_iter().collect();
+    for (i, (name, data)) in (t.seeds)().into_iter().enumerate() {
+        let file = format!("seed-{i:02}-{name}");
+        assert_eq!(files.get(&file), Some(&data), "{file}");
     }
 }
 
 #[test]
 fn header_round_trips() {
-    for (name, data) in seeds().into_iter().filter(|(_, d)| d.len() >= HEADER_LEN) {
-        let (h, body) = Header::decode(&data);
-        assert_eq!(h.encode(body), data, "{name}");
+    for t in TARGETS {
+        for (name, data) in (t.seeds)()
+            .into_iter()
+            .filter(|(_, d)| d.len() >= HEADER_LEN)
+        {
+            let (h, body) = Header::decode(&data);
+            assert_eq!(h.encode(body), data, "{}/{name}", t.name);
+        }
     }
 }
 
@@ -313,17 +434,20 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     d
 }
 
-fn mutate_and_run(seeds: &[Vec<u8>], seed: u64, iters: usize) {
+fn mutate_and_run(t: &Target, seeds: &[Vec<u8>], seed: u64, iters: usize) {
     let mut rng = Rng(seed | 1);
-    let runner = Runner::new();
+    let runner = Runner::new(t.run_one);
     let mut slowest = (Duration::ZERO, 0);
     for i in 0..iters {
         let base = &seeds[rng.below(seeds.len() as u64) as usize];
         let input = mutate(&mut rng, base);
-        let t = runner.run(&format!("mutation {i} (seed {seed:#x})"), &input);
+        let t = runner.run(&format!("{} mutation {i} (seed {seed:#x})", t.name), &input);
         if t > slowest.0 {
             slowest = (t, i);
         }
     }
-    eprintln!("slowest mutation {} took {:?}", slowest.1, slowest.0);
+    eprintln!(
+        "{}: slowest mutation {} took {:?}",
+        t.name, slowest.1, slowest.0
+    );
 }

@@ -8,6 +8,7 @@
 //! - `rx`: frames from the TAP scattered into the receive queue's buffers (mergeable
 //!   buffers and `num_buffers`), the TAP read only while the driver has buffers posted.
 //! - `tx`: transmit chains gathered into one bounded buffer and written to the TAP.
+//! - [`fuzz`]: the fuzz target's body, on a datagram socket pair instead of a TAP.
 //!
 //! One receive queue (0) and one transmit queue (1) of [`QUEUE_SIZE`]; no control queue,
 //! no multiqueue. Both queues and the TAP are served by one worker thread
@@ -24,6 +25,9 @@
 //! can hold is dropped, and a corrupt ring sets DEVICE_NEEDS_RESET through the worker.
 
 mod device;
+/// The fuzz target's body: arbitrary bytes as a queue, guest memory and frames, run and
+/// checked.
+pub mod fuzz;
 mod rx;
 mod tap;
 mod tx;

@@ -110,6 +110,16 @@ impl Tap {
         Ok(tap)
     }
 
+    /// A stand-in for a TAP over `file`, any nonblocking descriptor that keeps frame
+    /// boundaries (one end of a datagram socket pair: the fuzz target's backend). No
+    /// ioctl is made; [`Tap::set_offload`] on it fails.
+    pub(super) fn from_file(file: File, name: &str) -> Tap {
+        Tap {
+            file,
+            name: name.to_owned(),
+        }
+    }
+
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name

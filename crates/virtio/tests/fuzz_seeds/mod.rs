@@ -1,44 +1,40 @@
-//! The seed generator for the virtio-blk fuzz corpus: [`seeds`] lays out well-formed and
-//! deliberately broken requests (every request type, descriptor loops, indirect tables,
-//! zero and huge lengths, addresses beyond memory, wrong directions, index jumps, rings
-//! that overlap) as fuzz inputs. `fuzz_corpus.rs` writes them to the corpus and checks
-//! each does what it aims at.
+//! The seed generators for the fuzz corpora (`fuzz/corpus/<target>/`): [`Seed`] lays out
+//! one input (the shared header, host data for targets that take it, a guest-memory image
+//! with the descriptor table at 0, the rings after it and buffers after those), and
+//! [`common`] makes the ring- and chain-level seeds every device gets (loops, indirect
+//! tables, zero and huge lengths, addresses beyond RAM and across holes, wrong directions,
+//! available-index jumps, heads beyond the queue, wraparound, event-idx rounds, rings that
+//! overlap or lie outside RAM) from one well-formed request of that device. Each device's
+//! module adds its own. `fuzz_corpus.rs` writes them and checks each does what it aims at.
 
-use kiln_virtio::blk::fuzz::{Header, Round};
+pub mod blk;
+pub mod console;
+pub mod net;
+pub mod rng;
 
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
-const INDIRECT: u16 = 4;
+use kiln_virtio::fuzz::{Header, Round};
 
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
-
-/// Index of a disk size in `DISK_SIZES`.
-const DISK_0: u8 = 0;
-const DISK_4K: u8 = 2;
-const DISK_4K_PARTIAL: u8 = 3;
-const DISK_64K: u8 = 6;
-const DISK_64K_PARTIAL: u8 = 7;
+pub const NEXT: u16 = 1;
+pub const WRITE: u16 = 2;
+pub const INDIRECT: u16 = 4;
 
 /// A descriptor as written: (addr, len, flags).
-type Desc = (u64, u32, u16);
+pub type Desc = (u64, u32, u16);
 
 /// Lays out one input: a header and a guest-memory image (descriptor table at 0, the
 /// available ring and used ring after it, buffers after those).
-struct Seed {
-    h: Header,
+pub struct Seed {
+    pub h: Header,
+    /// Host-side data (`Header::encode_with_host`), for targets that take it.
+    pub host: Option<Vec<u8>>,
     img: Vec<u8>,
     heap: u64,
-    next_desc: u16,
+    pub next_desc: u16,
     avail: u16,
 }
 
 impl Seed {
-    fn new(queue_log2: u8) -> Seed {
+    pub fn new(queue_log2: u8) -> Seed {
         let size = 1u64 << queue_log2;
         let avail = (16 * size).next_multiple_of(0x10);
         let used = (avail + 6 + 2 * size).next_multiple_of(0x10);
@@ -46,15 +42,13 @@ impl Seed {
         Seed {
             h: Header {
                 queue_log2,
-                discard: true,
-                write_zeroes: true,
-                disk: DISK_64K,
                 desc_table: 0,
                 avail_ring: avail,
                 used_ring: used,
                 rounds: vec![Round::default()],
                 ..Header::default()
             },
+            host: None,
             img: Vec::new(),
             heap,
             next_desc: 0,
@@ -62,11 +56,11 @@ impl Seed {
         }
     }
 
-    fn size(&self) -> u16 {
+    pub fn size(&self) -> u16 {
         1 << self.h.queue_log2
     }
 
-    fn put(&mut self, addr: u64, bytes: &[u8]) {
+    pub fn put(&mut self, addr: u64, bytes: &[u8]) {
         let end = addr as usize + bytes.len();
         if self.img.len() < end {
             self.img.resize(end, 0);
@@ -75,51 +69,27 @@ impl Seed {
     }
 
     /// `len` bytes of guest memory (16-byte aligned) filled with `fill`.
-    fn alloc(&mut self, len: u64, fill: u8) -> u64 {
+    pub fn alloc(&mut self, len: u64, fill: u8) -> u64 {
         let a = self.heap;
         self.heap = (a + len.max(1)).next_multiple_of(16);
         self.put(a, &vec![fill; len as usize]);
         a
     }
 
-    /// A 16-byte request header (readable).
-    fn header(&mut self, ty: u32, sector: u64) -> Desc {
-        let mut b = [0u8; 16];
-        b[0..4].copy_from_slice(&ty.to_le_bytes());
-        b[8..16].copy_from_slice(&sector.to_le_bytes());
-        let a = self.alloc(16, 0);
-        self.put(a, &b);
-        (a, 16, 0)
-    }
-
     /// A readable buffer holding `bytes`.
-    fn data(&mut self, bytes: &[u8]) -> Desc {
+    pub fn data(&mut self, bytes: &[u8]) -> Desc {
         let a = self.alloc(bytes.len() as u64, 0);
         self.put(a, bytes);
         (a, bytes.len() as u32, 0)
     }
 
     /// A writable buffer of `len` bytes.
-    fn buf(&mut self, len: u32) -> Desc {
+    pub fn buf(&mut self, len: u32) -> Desc {
         (self.alloc(u64::from(len), 0xee), len, WRITE)
     }
 
-    /// A writable status byte.
-    fn status(&mut self) -> Desc {
-        (self.alloc(1, 0xff), 1, WRITE)
-    }
-
-    /// A DISCARD / WRITE_ZEROES segment (readable).
-    fn dwz(&mut self, sector: u64, num: u32, flags: u32) -> Desc {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&sector.to_le_bytes());
-        b[8..12].copy_from_slice(&num.to_le_bytes());
-        b[12..16].copy_from_slice(&flags.to_le_bytes());
-        self.data(&b)
-    }
-
     /// One descriptor table entry, exactly as given.
-    fn store(&mut self, idx: u16, (addr, len, flags): Desc, next: u16) {
+    pub fn store(&mut self, idx: u16, (addr, len, flags): Desc, next: u16) {
         let mut b = [0u8; 16];
         b[0..8].copy_from_slice(&addr.to_le_bytes());
         b[8..12].copy_from_slice(&len.to_le_bytes());
@@ -129,7 +99,7 @@ impl Seed {
     }
 
     /// `descs` as a chain in the table (NEXT added to all but the last), not published.
-    fn write_chain(&mut self, descs: &[Desc]) -> u16 {
+    pub fn write_chain(&mut self, descs: &[Desc]) -> u16 {
         let head = self.next_desc;
         for (i, &d) in descs.iter().enumerate() {
             let idx = self.next_desc;
@@ -142,7 +112,7 @@ impl Seed {
     }
 
     /// `descs` as a chain, made available.
-    fn chain(&mut self, descs: &[Desc]) -> u16 {
+    pub fn chain(&mut self, descs: &[Desc]) -> u16 {
         let head = self.write_chain(descs);
         self.publish(head);
         head
@@ -150,7 +120,7 @@ impl Seed {
 
     /// `descs` as an indirect table in memory (NEXT links to the following entry); the
     /// descriptor pointing at it.
-    fn indirect(&mut self, descs: &[Desc]) -> Desc {
+    pub fn indirect(&mut self, descs: &[Desc]) -> Desc {
         let table = self.alloc(16 * descs.len() as u64, 0);
         for (i, &(a, l, f)) in descs.iter().enumerate() {
             let (f, next) = if i + 1 < descs.len() {
@@ -169,7 +139,7 @@ impl Seed {
     }
 
     /// Put `head` on the available ring and bump the index in the image.
-    fn publish(&mut self, head: u16) {
+    pub fn publish(&mut self, head: u16) {
         let slot = u64::from(self.h.next_avail.wrapping_add(self.avail) % self.size());
         self.put(self.h.avail_ring + 4 + 2 * slot, &head.to_le_bytes());
         self.avail = self.avail.wrapping_add(1);
@@ -177,273 +147,138 @@ impl Seed {
         self.put(self.h.avail_ring + 2, &idx.to_le_bytes());
     }
 
-    fn finish(&self) -> Vec<u8> {
-        self.h.encode(&self.img)
+    /// The input: header, host data (when set), image.
+    pub fn finish(&self) -> Vec<u8> {
+        match &self.host {
+            Some(host) => self.h.encode_with_host(host, &self.img),
+            None => self.h.encode(&self.img),
+        }
     }
 }
 
-/// A seed with one well-formed request of `ty` (data descriptors `data`).
-fn one(ty: u32, sector: u64, data: impl FnOnce(&mut Seed) -> Vec<Desc>) -> Seed {
-    let mut s = Seed::new(4);
-    let mut descs = vec![s.header(ty, sector)];
-    descs.extend(data(&mut s));
-    descs.push(s.status());
-    s.chain(&descs);
-    s
-}
+/// A well-formed request of a device: its descriptors, laid out in the seed.
+pub type Request<'a> = &'a dyn Fn(&mut Seed) -> Vec<Desc>;
 
-/// The seed corpus: named inputs, each aimed at one behavior.
-/// Every seed, by name.
-pub fn seeds() -> Vec<(String, Vec<u8>)> {
+/// The seeds every device gets, named `prefix` + what they aim at: `new(log2)` makes an
+/// empty seed for the device, `good` one well-formed request, `dir` the direction the
+/// device wants its buffers in (`WRITE` or 0), `max_log2` the log2 of its largest queue.
+///
+/// Names say what the replay test expects: `avail-idx-jump`, `head-beyond-queue` and
+/// `used-flags-on-avail-idx` break the ring; `ring-outside-memory` is refused by the
+/// transport; every other seed has at least one request served.
+pub fn common(
+    prefix: &str,
+    new: &dyn Fn(u8) -> Seed,
+    good: Request,
+    dir: u16,
+    max_log2: u8,
+) -> Vec<(String, Seed)> {
     let mut out: Vec<(&str, Seed)> = Vec::new();
-    let pattern = |n: usize| (0..n).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>();
-
-    // Well-formed requests.
-    out.push(("in", one(T_IN, 1, |s| vec![s.buf(512)])));
-    out.push((
-        "in-odd-segments",
-        one(T_IN, 2, |s| vec![s.buf(100), s.buf(924), s.buf(512)]),
-    ));
-    out.push(("out", one(T_OUT, 3, |s| vec![s.data(&pattern(1024))])));
-    out.push(("flush", one(T_FLUSH, 0, |_| vec![])));
-    out.push(("get-id", one(T_GET_ID, 0, |s| vec![s.buf(20)])));
-    out.push(("get-id-short", one(T_GET_ID, 0, |s| vec![s.buf(7)])));
-    out.push(("discard", one(T_DISCARD, 0, |s| vec![s.dwz(4, 8, 0)])));
-    out.push((
-        "write-zeroes",
-        one(T_WRITE_ZEROES, 0, |s| vec![s.dwz(1, 3, 0)]),
-    ));
-    out.push((
-        "write-zeroes-unmap",
-        one(T_WRITE_ZEROES, 0, |s| vec![s.dwz(0, 127, 1)]),
-    ));
-    out.push((
-        "write-zeroes-two-segments",
-        one(T_WRITE_ZEROES, 0, |s| vec![s.dwz(0, 1, 0), s.dwz(9, 1, 0)]),
-    ));
-    out.push((
-        "discard-bad-flags",
-        one(T_DISCARD, 0, |s| vec![s.dwz(0, u32::MAX, 0xffff_fff1)]),
-    ));
-    let mut s = one(T_DISCARD, 0, |s| vec![s.dwz(0, 1, 0)]);
-    s.h.discard = false;
-    s.h.write_zeroes = false;
-    out.push(("discard-not-acked", s));
-    out.push(("unknown-type", one(99, 0, |s| vec![s.buf(512)])));
+    let one = |log2: u8| {
+        let mut s = new(log2);
+        let d = good(&mut s);
+        s.chain(&d);
+        s
+    };
+    let wrong = dir ^ WRITE;
+    out.push(("valid", one(4)));
     {
-        // Write, read back, flush, identify: a mixed queue.
-        let mut s = Seed::new(4);
-        let h = s.header(T_OUT, 5);
-        let d = s.data(&pattern(2048));
-        let st = s.status();
-        s.chain(&[h, d, st]);
-        let h = s.header(T_IN, 5);
-        let (b1, b2) = (s.buf(1536), s.buf(512));
-        let st = s.status();
-        s.chain(&[h, b1, b2, st]);
-        let h = s.header(T_FLUSH, 0);
-        let st = s.status();
-        s.chain(&[h, st]);
-        let h = s.header(T_GET_ID, 0);
-        let b = s.buf(512);
-        let st = s.status();
-        s.chain(&[h, b, st]);
-        out.push(("mixed-queue", s));
-    }
-
-    // Ranges against the disk.
-    out.push(("in-last-sector", one(T_IN, 127, |s| vec![s.buf(512)])));
-    out.push(("in-past-end", one(T_IN, 127, |s| vec![s.buf(1024)])));
-    out.push(("in-sector-max", one(T_IN, u64::MAX, |s| vec![s.buf(512)])));
-    out.push(("in-not-sectors", one(T_IN, 0, |s| vec![s.buf(513)])));
-    let mut s = one(T_IN, 0, |s| vec![s.buf(512)]);
-    s.h.disk = DISK_0;
-    out.push(("empty-disk", s));
-    let mut s = one(T_IN, 8, |s| vec![s.buf(512)]);
-    s.h.disk = DISK_4K_PARTIAL;
-    out.push(("partial-sector-disk", s));
-    let mut s = one(T_OUT, 127, |s| vec![s.data(&pattern(512))]);
-    s.h.disk = DISK_64K_PARTIAL;
-    out.push(("out-odd-size-disk", s));
-    for (name, ty) in [
-        ("read-only-out", T_OUT),
-        ("read-only-write-zeroes", T_WRITE_ZEROES),
-        ("read-only-discard", T_DISCARD),
-    ] {
-        let mut s = one(ty, 0, |s| {
-            if ty == T_OUT {
-                vec![s.data(&pattern(512))]
-            } else {
-                vec![s.dwz(0, 4, 0)]
-            }
-        });
-        s.h.read_only = true;
-        s.h.disk = DISK_4K;
-        out.push((name, s));
-    }
-
-    // Descriptor loops and bad links.
-    {
-        let mut s = Seed::new(3);
-        let (h, st) = (s.header(T_IN, 0), s.buf(512));
-        s.store(0, (h.0, h.1, NEXT), 1);
-        s.store(1, (st.0, st.1, WRITE | NEXT), 0);
-        s.publish(0);
-        out.push(("next-loop", s));
+        let mut s = new(4);
+        for _ in 0..3 {
+            let d = good(&mut s);
+            s.chain(&d);
+        }
+        out.push(("three-requests", s));
     }
     {
-        let mut s = Seed::new(3);
-        let h = s.header(T_FLUSH, 0);
-        s.store(0, (h.0, h.1, NEXT), 0);
-        s.publish(0);
-        out.push(("next-self-loop", s));
+        // A NEXT loop after a good request, and a descriptor linking to itself.
+        let mut s = one(3);
+        let (a, l, _) = s.buf(64);
+        let i = s.next_desc;
+        s.store(i, (a, l, dir | NEXT), i + 1);
+        s.store(i + 1, (a, l, dir | NEXT), i);
+        s.publish(i);
+        s.store(i + 2, (a, l, dir | NEXT), i + 2);
+        s.publish(i + 2);
+        out.push(("next-loops", s));
     }
     {
-        let mut s = Seed::new(3);
-        let (h, st) = (s.header(T_FLUSH, 0), s.status());
-        s.store(0, (h.0, h.1, NEXT), 200);
-        s.store(1, st, 0);
-        s.publish(0);
+        let mut s = one(3);
+        let (a, l, _) = s.buf(64);
+        let i = s.next_desc;
+        s.store(i, (a, l, dir | NEXT), 200);
+        s.publish(i);
         out.push(("next-out-of-range", s));
     }
-
-    // Indirect tables.
     {
-        let mut s = Seed::new(3);
-        let (h, b, st) = (s.header(T_IN, 0), s.buf(4096), s.status());
-        let ind = s.indirect(&[h, b, st]);
+        let mut s = new(3);
+        let d = good(&mut s);
+        let ind = s.indirect(&d);
         s.chain(&[ind]);
-        out.push(("indirect-in", s));
+        out.push(("indirect", s));
     }
     {
-        let mut s = Seed::new(3);
-        let (h, st) = (s.header(T_FLUSH, 0), s.status());
-        let inner = s.indirect(&[h, st]);
+        let mut s = one(3);
+        let d = good(&mut s);
+        let inner = s.indirect(&d);
         let outer = s.indirect(&[inner]);
         s.chain(&[outer]);
-        out.push(("indirect-nested", s));
-    }
-    {
-        let mut s = Seed::new(3);
-        let (h, b) = (s.header(T_IN, 0), s.buf(512));
-        let (table, len, f) = s.indirect(&[h, b]);
+        let (a, l, _) = s.buf(64);
+        let (table, len, f) = s.indirect(&[(a, l, dir), (a, l, dir)]);
         // Entry 1 links back to entry 0.
-        s.put(table + 16 + 12, &(WRITE | NEXT).to_le_bytes());
-        s.put(table + 16 + 14, &0u16.to_le_bytes());
+        s.put(table + 16 + 12, &(dir | NEXT).to_le_bytes());
         s.chain(&[(table, len, f)]);
-        out.push(("indirect-loop", s));
+        out.push(("indirect-nested-and-loop", s));
     }
     {
-        let mut s = Seed::new(3);
-        let (h, st) = (s.header(T_FLUSH, 0), s.status());
-        let (table, _, f) = s.indirect(&[h, st]);
+        let mut s = one(3);
+        let (a, l, _) = s.buf(64);
+        let (table, _, f) = s.indirect(&[(a, l, dir)]);
         s.chain(&[(table, 31, f)]);
-        let (h, st) = (s.header(T_FLUSH, 0), s.status());
-        let (table, _, f) = s.indirect(&[h, st]);
         s.chain(&[(table, 0, f)]);
-        s.chain(&[(table, u32::MAX, f)]);
+        s.chain(&[(table, 0xffff_fff0, f)]);
         s.chain(&[(0xffff_fff0_0000, 32, f)]);
         out.push(("indirect-bad-lengths", s));
     }
     {
-        // An indirect descriptor that also has NEXT, and a header before it.
-        let mut s = Seed::new(3);
-        let (h, st) = (s.header(T_FLUSH, 0), s.status());
-        let ind = s.indirect(&[st]);
-        let st2 = s.status();
-        s.chain(&[h, ind, st2]);
-        out.push(("indirect-with-next", s));
-    }
-    {
-        // More than MAX_SEGMENTS (1024) descriptors in one indirect table.
-        let mut s = Seed::new(2);
-        let h = s.header(T_IN, 0);
-        let b = s.buf(512);
-        let mut descs = vec![h];
-        descs.extend(std::iter::repeat_n((b.0, 0, WRITE), 1100));
-        descs.push(s.status());
-        let ind = s.indirect(&descs);
-        s.chain(&[ind]);
-        out.push(("indirect-too-many-segments", s));
-    }
-
-    // Lengths and addresses.
-    {
-        let mut s = Seed::new(4);
-        let h = s.header(T_IN, 0);
-        let st = s.status();
-        s.chain(&[(h.0, 0, 0), st]);
-        let h = s.header(T_IN, 0);
-        let b = s.buf(512);
-        s.chain(&[h, (b.0, 0, WRITE), b, (st.0, 0, WRITE)]);
-        let h = s.header(T_OUT, 0);
-        s.chain(&[h, (h.0, 0, 0), st]);
+        let mut s = one(4);
+        let (a, _, _) = s.buf(64);
+        s.chain(&[(a, 0, dir)]);
+        s.chain(&[(a, 0, dir), (a, 0, dir), (a, 16, dir)]);
         out.push(("zero-lengths", s));
     }
-    out.push((
-        "huge-lengths",
-        one(T_IN, 0, |s| {
-            let b = s.buf(512);
-            vec![(b.0, u32::MAX, WRITE)]
-        }),
-    ));
     {
-        let mut s = one(T_OUT, 0, |s| {
-            let d = s.data(&pattern(512));
-            vec![(d.0, u32::MAX - 511, 0)]
-        });
-        let h = s.header(T_WRITE_ZEROES, 0);
-        let st = s.status();
-        s.chain(&[h, (h.0, u32::MAX, 0), st]);
-        out.push(("huge-lengths-out", s));
+        let mut s = one(4);
+        let (a, _, _) = s.buf(64);
+        s.chain(&[(a, u32::MAX, dir)]);
+        s.chain(&[(a, 16, dir), (a, u32::MAX - 15, dir)]);
+        out.push(("huge-lengths", s));
     }
     {
-        let mut s = Seed::new(4);
-        let st = s.status();
-        let h = s.header(T_IN, 0);
-        s.chain(&[(0x1_0000_0000, 16, 0), (0x4000_0000, 512, WRITE), st]);
-        s.chain(&[h, (0xfff0, 512, WRITE), st]);
-        s.chain(&[h, (u64::MAX - 8, 512, WRITE), st]);
-        s.chain(&[h, (0x10_0000, 1, WRITE)]);
-        s.chain(&[h, (u64::MAX, 1, WRITE)]);
-        s.chain(&[(u64::MAX - 7, 16, 0), st]);
+        let mut s = one(4);
+        s.chain(&[(0x1_0000_0000, 512, dir)]);
+        s.chain(&[(0xfff0, 512, dir)]);
+        s.chain(&[(u64::MAX - 8, 512, dir)]);
+        s.chain(&[(0x10_0000, 1, dir), (u64::MAX, 1, dir)]);
         out.push(("addresses-beyond-memory", s));
     }
     {
         // Buffers across the hole of layout 4 (RAM 0..32K and 48K..80K).
-        let mut s = one(T_IN, 0, |_| vec![(0x7f00, 512, WRITE)]);
+        let mut s = one(4);
         s.h.memory = 4;
-        let h = s.header(T_OUT, 0);
-        s.chain(&[h, (0xbf00, 512, 0), (0xc100, 1, WRITE)]);
+        s.chain(&[(0x7f00, 512, dir)]);
+        s.chain(&[(0xbf00, 512, dir), (0xc100, 1, dir)]);
         out.push(("across-a-hole", s));
     }
     {
-        let mut s = one(T_IN, 0, |_| vec![(0xf_fe00, 512, WRITE)]);
-        s.h.memory = 3;
-        out.push(("high-buffer-1m", s));
-    }
-
-    // Wrong directions.
-    {
-        let mut s = Seed::new(4);
-        let st = s.status();
-        let h = s.header(T_IN, 0);
-        let d = s.data(&pattern(512));
-        s.chain(&[h, d, st]); // IN with a readable data buffer
-        let h = s.header(T_OUT, 0);
-        let b = s.buf(512);
-        s.chain(&[h, b, st]); // OUT with a writable data buffer
-        let h = s.header(T_FLUSH, 0);
-        s.chain(&[(h.0, 16, WRITE), st]); // writable header
-        s.chain(&[h, (st.0, 1, 0)]); // readable status
-        let h = s.header(T_IN, 0);
-        s.chain(&[h, b, d, st]); // readable after writable
+        let mut s = one(4);
+        let (a, l, _) = s.buf(64);
+        s.chain(&[(a, l, wrong)]);
+        s.chain(&[(a, l, dir), (a, l, wrong), (a, l, dir)]);
         out.push(("wrong-directions", s));
     }
-
-    // Ring-level corruption and positions.
     {
-        let mut s = one(T_FLUSH, 0, |_| vec![]);
+        let mut s = one(4);
         s.h.rounds = vec![Round {
             avail_idx: Some(s.size() + 1),
             used_event: None,
@@ -451,137 +286,80 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         out.push(("avail-idx-jump", s));
     }
     {
-        let mut s = one(T_FLUSH, 0, |_| vec![]);
+        let mut s = one(4);
         s.publish(16);
         s.publish(0xffff);
         out.push(("head-beyond-queue", s));
     }
     {
-        let mut s = Seed::new(4);
+        let mut s = new(4);
         s.h.next_avail = 0xfffe;
         s.h.next_used = 0xfffd;
         for _ in 0..4 {
-            let h = s.header(T_FLUSH, 0);
-            let st = s.status();
-            s.chain(&[h, st]);
+            let d = good(&mut s);
+            s.chain(&d);
         }
         out.push(("index-wraparound", s));
     }
     {
         // Event-idx, in rounds: the driver publishes more between calls.
-        let mut s = Seed::new(5);
+        let mut s = new(5);
         s.h.event_idx = true;
-        for i in 0..6u64 {
-            let h = s.header(T_IN, i);
-            let b = s.buf(512);
-            let st = s.status();
-            s.chain(&[h, b, st]);
+        for _ in 0..6 {
+            let d = good(&mut s);
+            s.chain(&d);
         }
-        s.h.rounds = vec![
-            Round {
-                avail_idx: Some(1),
-                used_event: Some(0),
-            },
-            Round {
-                avail_idx: Some(3),
-                used_event: Some(5),
-            },
-            Round {
-                avail_idx: Some(6),
-                used_event: Some(4),
-            },
-            Round {
-                avail_idx: Some(6),
-                used_event: Some(0xffff),
-            },
-        ];
+        let r = |a, e| Round {
+            avail_idx: Some(a),
+            used_event: Some(e),
+        };
+        s.h.rounds = vec![r(1, 0), r(3, 5), r(6, 4), r(6, 0xffff)];
         out.push(("event-idx-rounds", s));
     }
     {
-        let mut s = Seed::new(3);
-        s.h.event_idx = true;
-        for _ in 0..4 {
-            let h = s.header(T_FLUSH, 0);
-            let st = s.status();
-            s.chain(&[h, st]);
-        }
-        out.push(("event-idx-full-ring", s));
-    }
-    {
-        // The used ring on top of the available ring.
-        let mut s = one(T_FLUSH, 0, |_| vec![]);
+        let mut s = one(4);
         s.h.used_ring = s.h.avail_ring;
         out.push(("rings-overlap", s));
     }
     {
         // The used ring's flags on the available index (no EVENT_IDX): every
-        // enable_notification writes 0 over the index and reads it back as new work. Used to
-        // spin process_queue forever; now the queue breaks.
-        let mut s = Seed::new(4);
+        // enable_notification writes 0 over the index and reads it back as new work.
+        let mut s = new(4);
         let a = s.alloc(0x100, 0) + 2;
         s.h.avail_ring = a;
         s.h.used_ring = a + 2;
-        let h = s.header(T_FLUSH, 0);
-        let st = s.status();
-        s.chain(&[h, st]);
+        let d = good(&mut s);
+        s.chain(&d);
         out.push(("used-flags-on-avail-idx", s));
     }
     {
-        // A read whose buffer covers the rings: the device overwrites its own queue.
-        let mut s = Seed::new(4);
-        let h = s.header(T_IN, 0);
-        let st = s.status();
-        let rings = s.h.avail_ring;
-        s.chain(&[h, (rings, 512, WRITE), st]);
-        let h = s.header(T_IN, 0);
-        s.chain(&[h, (0, 512, WRITE), st]);
+        let mut s = one(4);
+        s.chain(&[(s.h.avail_ring, 64, dir)]);
+        s.chain(&[(0, 64, dir)]);
         s.h.rounds = vec![Round::default(); 4];
-        out.push(("read-over-the-rings", s));
+        out.push(("buffers-over-the-rings", s));
     }
     {
-        let mut s = one(T_FLUSH, 0, |_| vec![]);
-        // A misaligned address is ignored by the queue (the table stays at 0).
-        s.h.desc_table = 8;
-        out.push(("misaligned-ring", s));
-    }
-    {
-        let mut s = one(T_FLUSH, 0, |_| vec![]);
-        s.h.used_ring = 0xfff0; // runs past the 64 KiB of RAM: the transport refuses it
+        let mut s = one(4);
+        s.h.used_ring = 0xfff0;
         out.push(("ring-outside-memory", s));
     }
+    out.push(("queue-size-one", one(0)));
     {
-        let mut s = Seed::new(0);
-        let st = s.status();
-        s.chain(&[st]);
-        out.push(("queue-size-one", s));
-    }
-    {
-        // Every one of the 256 descriptors in use: 32 reads and writes, 80 flushes.
-        let mut s = Seed::new(8);
-        for i in 0..112u64 {
-            let ty = match i % 3 {
-                0 if i < 48 => T_IN,
-                1 if i < 48 => T_OUT,
-                _ => T_FLUSH,
-            };
-            let mut descs = vec![s.header(ty, i)];
-            match ty {
-                T_IN => descs.push(s.buf(512)),
-                T_OUT => descs.push(s.data(&pattern(512))),
-                _ => {}
-            }
-            descs.push(s.status());
-            s.chain(&descs);
+        let mut s = new(max_log2);
+        for _ in 0..(1u16 << max_log2) / 6 {
+            let d = good(&mut s);
+            s.chain(&d);
         }
-        assert_eq!(s.next_desc, 0, "the table is full");
-        out.push(("queue-size-256-full", s));
+        s.h.memory = 3;
+        out.push(("queue-size-max", s));
     }
+    out.into_iter()
+        .map(|(n, s)| (format!("{prefix}{n}"), s))
+        .collect()
+}
 
-    let mut all: Vec<(String, Vec<u8>)> = out
-        .into_iter()
-        .map(|(n, s)| (n.to_string(), s.finish()))
-        .collect();
-    all.push(("empty".into(), Vec::new()));
-    all.push(("header-only".into(), Seed::new(4).h.encode(&[])));
-    all
+/// Name and encode seeds.
+pub fn finish(seeds: Vec<(String, Seed)>) -> Vec<(String, Vec<u8>)> {
+    seeds.into_iter().map(|(n, s)| (n, s.finish())).collect()
 }
