@@ -67,6 +67,13 @@ const TARGETS: &[Target] = &[
         seeds: fuzz_seeds::rng::seeds,
         mutations: 4000,
     },
+    Target {
+        name: "virtio_vsock",
+        run_one: kiln_virtio::vsock::fuzz::run_one,
+        run: kiln_virtio::vsock::fuzz::run,
+        seeds: fuzz_seeds::vsock::seeds,
+        mutations: 2000,
+    },
 ];
 
 /// Fewest corpus files the replay accepts per target (a missing or emptied corpus is an

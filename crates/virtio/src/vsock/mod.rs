@@ -16,9 +16,11 @@
 //! - `conn`: one connection's state and credit accounting.
 //! - `muxer`: all connections, host readiness and the queues' handling.
 //! - `device`: [`VirtioVsock`], the [`VirtioDevice`](crate::VirtioDevice).
+//! - [`fuzz`]: the body of the `virtio_vsock` fuzz target.
 
 mod conn;
 mod device;
+pub mod fuzz;
 mod muxer;
 mod packet;
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod blk;
 pub mod console;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use kiln_virtio::fuzz::{Header, Round};
 
