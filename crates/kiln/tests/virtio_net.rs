@@ -3,7 +3,7 @@
 //! own virtio_net module brings eth0 up, pings the host and downloads a 64 MiB file whose
 //! MD5 matches the host's.
 
-use kiln_testrig::initramfs::guest_initramfs;
+use kiln_testrig::initramfs::{add_modules, guest_initramfs};
 use kiln_testrig::{Artifacts, Batch, Host, RunResult, RunSpec};
 
 /// The guest: load virtio-net, configure eth0, ping and download.
@@ -63,7 +63,6 @@ fn tap_ping_and_a_64_mib_download() {
     let host = Host::detect().unwrap_or_else(|e| panic!("no real KVM for this test: {e}"));
     let art = Artifacts::get().unwrap_or_else(|e| panic!("guest artifacts: {e}"));
     let mut tree = guest_initramfs(&art.busybox, Some(INIT)).unwrap();
-    let mut names = Vec::new();
     let wanted = [
         "virtio_ring",
         "virtio",
@@ -74,16 +73,7 @@ fn tap_ping_and_a_64_mib_download() {
         "net_failover",
         "virtio_net",
     ];
-    for name in wanted {
-        let m = art
-            .virtio_modules
-            .iter()
-            .find(|m| m.file_stem().is_some_and(|s| s == name))
-            .unwrap_or_else(|| panic!("no module {name}"));
-        tree.file(&format!("/m/{name}.ko"), 0o644, m.as_path());
-        names.push(name);
-    }
-    tree.file("/modules", 0o644, names.join(" "));
+    add_modules(&mut tree, &art.virtio_modules, &wanted).unwrap();
     let initrd = tree.to_bytes().unwrap();
     let result = Batch::new(env!("CARGO_BIN_EXE_kiln"))
         .run(

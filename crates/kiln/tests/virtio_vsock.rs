@@ -6,7 +6,7 @@
 //! connects to `<socket>_5000` where a host echo server listens, 1 MiB both ways. A
 //! CONNECT to a port nobody listens on in the guest is refused (the host socket closes).
 
-use kiln_testrig::initramfs::guest_initramfs;
+use kiln_testrig::initramfs::{add_modules, guest_initramfs};
 use kiln_testrig::progs::{self, Prog};
 use kiln_testrig::{Artifacts, Batch, Host, RunResult, RunSpec};
 
@@ -83,15 +83,7 @@ fn vsock_echo_both_ways_through_the_unix_socket() {
         "vmw_vsock_virtio_transport_common",
         "vmw_vsock_virtio_transport",
     ];
-    for name in wanted {
-        let m = art
-            .virtio_modules
-            .iter()
-            .find(|m| m.file_stem().is_some_and(|s| s == name))
-            .unwrap_or_else(|| panic!("no module {name}"));
-        tree.file(&format!("/m/{name}.ko"), 0o644, m.as_path());
-    }
-    tree.file("/modules", 0o644, wanted.join(" "));
+    add_modules(&mut tree, &art.virtio_modules, &wanted).unwrap();
     let initrd = tree.to_bytes().unwrap();
     let result = Batch::new(env!("CARGO_BIN_EXE_kiln"))
         .run(

@@ -220,6 +220,21 @@ pub fn guest_initramfs(busybox: &Path, init: Option<&str>) -> Result<Initramfs> 
     Ok(tree)
 }
 
+/// Add the kernel modules `names` (file stems of paths in `modules`, e.g. `virtio_net`)
+/// as `/m/<name>.ko`, and the names in that order to `/modules`, which the tests' inits
+/// `insmod` one by one. A name missing from `modules` is an error.
+pub fn add_modules(tree: &mut Initramfs, modules: &[PathBuf], names: &[&str]) -> Result<()> {
+    for name in names {
+        let m = modules
+            .iter()
+            .find(|m| m.file_stem().is_some_and(|s| s == *name))
+            .ok_or_else(|| err!("no module {name} among {} given", modules.len()))?;
+        tree.file(&format!("/m/{name}.ko"), 0o644, m.as_path());
+    }
+    tree.file("/modules", 0o644, names.join(" "));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
