@@ -29,9 +29,24 @@ pub trait PciHost: Send + Sync {
     /// Inject `gsi` whenever `fd` is written (KVM irqfd). KVM injects at once if `fd` is
     /// already signalled, so a pending MSI-X vector fires when it is unmasked.
     fn attach_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()>;
-    /// Undo [`attach_irqfd`](PciHost::attach_irqfd); writes to `fd` then just accumulate.
+    /// Undo [`attach_irqfd`](PciHost::attach_irqfd) (or
+    /// [`attach_level_irqfd`](PciHost::attach_level_irqfd)); writes to `fd` then just
+    /// accumulate.
     fn detach_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()>;
+    /// Drive the level-triggered line `gsi` (PCI INTx) from `fd`: a write asserts the line
+    /// until the guest's end of interrupt; then, while `level()` still says the device
+    /// wants attention, the line is asserted again. Without this, an interrupt raised
+    /// while the guest is still handling the previous one is a pulse the interrupt
+    /// controller drops. The default is a plain irqfd (enough for hosts without EOI).
+    fn attach_level_irqfd(&self, fd: &EventFd, gsi: u32, level: LevelFn) -> io::Result<()> {
+        let _ = level;
+        self.attach_irqfd(fd, gsi)
+    }
 }
+
+/// Whether a level-triggered interrupt line should be asserted (see
+/// [`PciHost::attach_level_irqfd`]).
+pub type LevelFn = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A [`PciHost`] that grants everything and records each request as a line of text
 /// ("map 0xc0000000+0x8000", "ioevent 0x...", "route 24 0xfee00000 0x41", "attach 24",

@@ -265,7 +265,12 @@ impl VirtioPciDevice {
     /// drivers that do not enable MSI-X.
     pub fn set_intx(&mut self, gsi: u32) -> io::Result<()> {
         let fd = EventFd::new(EFD_NONBLOCK)?;
-        self.host.attach_irqfd(&fd, gsi)?;
+        let isr = self.isr.clone();
+        self.host.attach_level_irqfd(
+            &fd,
+            gsi,
+            Arc::new(move || isr.load(Ordering::SeqCst) != 0),
+        )?;
         self.config.bytes[reg::INTERRUPT_PIN] = 1;
         self.config.bytes[reg::INTERRUPT_LINE] = gsi as u8;
         self.intx = Some((gsi, fd));
