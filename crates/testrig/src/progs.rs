@@ -55,9 +55,13 @@ pub fn build(prog: Prog) -> Result<PathBuf> {
     if out.is_file() {
         return Ok(out);
     }
-    let c = dir.join(format!("{}.{}.c", prog.name(), std::process::id()));
+    // Unique per build: tests build the same program from several threads and processes.
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("{}-{n}", std::process::id());
+    let c = dir.join(format!("{}.{tag}.c", prog.name()));
     std::fs::write(&c, src).ctx(|| format!("writing {}", c.display()))?;
-    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = out.with_extension(format!("tmp{tag}"));
     let built = run_tool(
         Command::new("cc")
             .args(["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
