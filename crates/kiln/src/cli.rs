@@ -410,13 +410,16 @@ fn classic(args: &[String], start: std::time::Instant) -> Result<u8, String> {
     let argv = ["kiln".to_string(), "run".to_string()]
         .into_iter()
         .chain(run_args);
-    let cli = Cli::try_parse_from(argv).map_err(|e| {
-        let text = e.render().to_string();
-        let first = text.split("\n\n").next().unwrap_or("invalid arguments");
-        let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
-        format!("kvm: {}", line.trim_start_matches("error: "))
-    })?;
+    let cli = Cli::try_parse_from(argv).map_err(|e| format!("kvm: {}", usage_line(&e)))?;
     execute(cli, start)
+}
+
+/// A clap usage error as one line, without clap's `error: ` prefix and its usage block.
+pub fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or("invalid arguments");
+    let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+    line.trim_start_matches("error: ").to_string()
 }
 
 fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {

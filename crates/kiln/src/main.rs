@@ -28,13 +28,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // Usage errors: one line, like every other Kiln error, and status 1.
-            let text = e.render().to_string();
-            let first = text.split("\n\n").next().unwrap_or("invalid arguments");
-            let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
-            eprintln!(
-                "kiln: {} (see 'kiln --help')",
-                line.trim_start_matches("error: ")
-            );
+            eprintln!("kiln: {} (see 'kiln --help')", cli::usage_line(&e));
             return ExitCode::from(1);
         }
     };
