@@ -3,6 +3,7 @@
 //! own virtio_net module brings eth0 up, pings the host and downloads a 64 MiB file whose
 //! MD5 matches the host's.
 
+use kiln_testrig::artifacts::VIRTIO_PCI_MODULE_NAMES;
 use kiln_testrig::initramfs::{add_modules, guest_initramfs};
 use kiln_testrig::{Artifacts, Batch, Host, RunResult, RunSpec};
 
@@ -64,15 +65,10 @@ fn tap_ping_and_a_64_mib_download() {
     let art = Artifacts::get().unwrap_or_else(|e| panic!("guest artifacts: {e}"));
     let mut tree = guest_initramfs(&art.busybox, Some(INIT)).unwrap();
     let wanted = [
-        "virtio_ring",
-        "virtio",
-        "virtio_pci_modern_dev",
-        "virtio_pci_legacy_dev",
-        "virtio_pci",
-        "failover",
-        "net_failover",
-        "virtio_net",
-    ];
+        &VIRTIO_PCI_MODULE_NAMES[..],
+        &["failover", "net_failover", "virtio_net"],
+    ]
+    .concat();
     add_modules(&mut tree, &art.virtio_modules, &wanted).unwrap();
     let initrd = tree.to_bytes().unwrap();
     let result = Batch::new(env!("CARGO_BIN_EXE_kiln"))

@@ -56,6 +56,17 @@ pub const VIRTIO_MODULES: [&str; 14] = [
     "net/vmw_vsock/vmw_vsock_virtio_transport",
 ];
 
+/// The names of the virtio core and PCI transport modules every virtio guest loads
+/// first (the first five of [`VIRTIO_MODULES`]), for
+/// [`add_modules`](crate::initramfs::add_modules).
+pub const VIRTIO_PCI_MODULE_NAMES: [&str; 5] = [
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+];
+
 /// How many of [`VIRTIO_MODULES`] a guest with only virtio-blk disks needs.
 pub const VIRTIO_BLK_MODULES: usize = 6;
 
@@ -416,4 +427,18 @@ fn move_file(from: &Path, to: &Path) -> Result<()> {
 
 fn remove_dir(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_module_names_are_the_first_virtio_modules() {
+        let stems: Vec<&str> = VIRTIO_MODULES[..5]
+            .iter()
+            .map(|p| p.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(stems, VIRTIO_PCI_MODULE_NAMES);
+    }
 }
