@@ -105,6 +105,9 @@ deps() {
     # iproute2: the virtio-net tests configure the TAP devices they create.
     apt_install lz4 xz-utils e2fsprogs iproute2
     install_qemu10
+    # seabios: the BIOS `kiln run --bios` boots by default (QEMU 10 pulls in the
+    # backports build; named here so the BIOS tests never depend on QEMU's packaging).
+    apt_install seabios
 }
 
 bench_deps() {

@@ -108,6 +108,14 @@ const GUESTS: &[Guest] = &[
         output: Output::Flat,
     },
     Guest {
+        out: "boot_sector.bin",
+        source: "boot_sector.S",
+        as_args: &["--32"],
+        emulation: "elf_i386",
+        load_addr: 0x7C00,
+        output: Output::Flat,
+    },
+    Guest {
         out: "tiny.bin",
         source: "tiny.S",
         as_args: &["--32"],

@@ -179,8 +179,10 @@ pub struct FwCfg {
 
 impl FwCfg {
     fn select(&mut self, key: u16) {
-        // Bit 14 (write channel) and bit 15 (architecture-local) are not part of the key.
-        self.selected = self.items.get(&(key & 0x3fff)).cloned();
+        // Bit 14 (the write channel) is not part of the key. Bit 15 is: it selects the
+        // architecture-local items (0x8000 ACPI tables, 0x8001 SMBIOS, 0x8003 e820 on
+        // x86), a separate set Kiln does not provide, so they read as empty (zeros).
+        self.selected = self.items.get(&(key & !0x4000)).cloned();
         self.offset = 0;
     }
 
@@ -318,6 +320,20 @@ mod tests {
             *b = one[0];
         }
         out
+    }
+
+    #[test]
+    fn arch_local_keys_are_their_own_empty_items() {
+        // SeaBIOS reads 0x8000 (legacy ACPI tables) and trusts the count it finds there:
+        // it must not alias the signature at key 0.
+        let mut d = device();
+        assert_eq!(read_item(&mut d, 0x8000, 4), [0, 0, 0, 0]);
+        assert_eq!(read_item(&mut d, 0x8001, 2), [0, 0]);
+        assert_eq!(
+            read_item(&mut d, 0x4000, 4),
+            b"QEMU",
+            "bit 14 is the write flag"
+        );
     }
 
     /// The directory as (name, key, size).

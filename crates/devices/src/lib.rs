@@ -9,6 +9,7 @@ pub mod acpi_pm;
 pub mod boot_timer;
 pub mod bus;
 pub mod cmos;
+pub mod debug_console;
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod i8042;
@@ -16,5 +17,6 @@ pub mod pci;
 pub mod post_code;
 pub mod pvpanic;
 pub mod serial;
+pub mod system_control;
 
 pub use bus::{Bus, BusDevice, DeviceAction};

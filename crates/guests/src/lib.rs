@@ -21,6 +21,11 @@ pub const DEMO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/demo.bin"));
 /// Guest-physical load address (and entry point) of [`DEMO`].
 pub const DEMO_LOAD_ADDR: u64 = 0x10000;
 
+/// A 512-byte boot sector for BIOS boot tests (see `asm/boot_sector.S`): prints its
+/// boot drive and the text in its disk's second sector through the BIOS, then writes
+/// 0x10 to the debug-exit port (exit status 33).
+pub const BOOT_SECTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/boot_sector.bin"));
+
 /// Raw real-mode test guest (flat binary, `.code16`). Loaded at
 /// [`RAW_LOAD_ADDR`], started with CS = 0xF000, IP = 0. Sums the table at
 /// [`RAW_TABLE_ADDR`] (see [`table_bytes`]; at most 16379 values, as the

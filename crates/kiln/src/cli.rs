@@ -2,8 +2,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_arch::CpuMode;
-use kiln_vmm::config::{DiskConfig, NetConfig, VsockConfig};
-use kiln_vmm::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, StopReason, Vm, VmConfig};
+use kiln_vmm::config::{BootDevice, DiskConfig, NetConfig, VsockConfig};
+use kiln_vmm::{
+    FirmwareConfig, GuestConfig, LoadSource, LoadSpec, ModuleSpec, StopReason, Vm, VmConfig,
+};
 use std::path::PathBuf;
 
 /// The exit-status table, shared by the short and the long help.
@@ -34,7 +36,7 @@ pub struct Cli {
 enum Command {
     /// Boot a guest. With no guest arguments, runs the built-in demo guest.
     #[command(after_help = EXIT_STATUSES, after_long_help = RUN_LONG_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create, inspect, check and convert disk images (raw, qcow2).
     Img {
         /// What to do.
@@ -119,6 +121,24 @@ struct RunArgs {
     #[arg(long, value_name = "FILE[,ARGS]", requires = "kernel", value_parser = parse_module)]
     module: Vec<ModuleSpec>,
 
+    /// Boot a PC BIOS from the reset vector [default FILE: Debian's SeaBIOS,
+    /// /usr/share/seabios/bios-256k.bin]; it boots from the disks (see --boot). Implied
+    /// by --boot.
+    #[arg(long, value_name = "FILE", num_args = 0..=1,
+          default_missing_value = kiln_vmm::firmware::DEFAULT_BIOS,
+          conflicts_with_all = ["kernel", "load"])]
+    bios: Option<PathBuf>,
+
+    /// The BIOS boot order, QEMU's spelling: c (first hard disk), d (CD-ROM), n
+    /// (network), a (floppy), e.g. "d", "dc" or "order=dc"; implies --bios.
+    #[arg(long, value_name = "ORDER", value_parser = parse_boot_order,
+          conflicts_with_all = ["kernel", "load"])]
+    boot: Option<BootOrder>,
+
+    /// Write the BIOS's debug log (SeaBIOS's port 0x402) to FILE.
+    #[arg(long, value_name = "FILE")]
+    bios_log: Option<PathBuf>,
+
     /// Guest RAM: 512M, 2G, or a plain number of MiB.
     #[arg(short = 'm', long, value_name = "SIZE", default_value = "128M", value_parser = parse_memory)]
     memory: u64,
@@ -130,32 +150,32 @@ struct RunArgs {
     /// A virtio-blk disk (repeatable; the guest sees /dev/vda, /dev/vdb, ... in order):
     /// path=FILE[,format=raw|qcow2][,readonly=on|off][,serial=ID]. The format is probed
     /// when not given; a comma in FILE is written ",,".
-    #[arg(long, value_name = "path=FILE,...", value_parser = parse_disk, requires = "kernel")]
+    #[arg(long, value_name = "path=FILE,...", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
 
     /// The first disk, format probed (short for --disk path=FILE, before any --disk).
-    #[arg(long, value_name = "FILE", requires = "kernel")]
+    #[arg(long, value_name = "FILE")]
     hda: Option<PathBuf>,
 
     /// A virtio-net interface on a host TAP device (repeatable): tap=NAME[,mac=52:54:..].
     /// Kiln creates the TAP when it does not exist (needs CAP_NET_ADMIN); configuring its
     /// host side (address, bridge) is up to you.
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net, requires = "kernel")]
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]", value_parser = parse_net)]
     net: Vec<NetConfig>,
 
     /// Give the guest a virtio-rng device fed from the host's /dev/urandom (/dev/hwrng).
-    #[arg(long, requires = "kernel")]
+    #[arg(long)]
     rng: bool,
 
     /// Give the guest a virtio console (hvc0; use console=hvc0): standard input goes to
     /// it instead of COM1; both write to standard output.
-    #[arg(long, requires = "kernel")]
+    #[arg(long)]
     virtio_console: bool,
 
     /// A virtio-vsock device: cid=N,uds=PATH (N >= 3). Host programs connect to the Unix
     /// socket PATH and write "CONNECT <port>\n" (answer: "OK <host port>\n"); guest
     /// connections to CID 2 port P go to the Unix socket PATH_P (Firecracker's scheme).
-    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock, requires = "kernel")]
+    #[arg(long, value_name = "cid=N,uds=PATH", value_parser = parse_vsock)]
     vsock: Option<VsockConfig>,
 
     /// Boot Linux without ACPI tables (the classic -no-acpi); an MP table describes
@@ -347,6 +367,52 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     }
 }
 
+/// A BIOS boot order (a newtype: clap takes a bare `Vec` for a repeated option).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BootOrder(Vec<BootDevice>);
+
+/// Parse QEMU's `-boot` value: `d`, `dc`, `order=dc` (other keys are refused).
+fn parse_boot_order(s: &str) -> Result<BootOrder, String> {
+    let mut order = None;
+    for (i, part) in s.split(',').enumerate() {
+        let value = match part.split_once('=') {
+            Some(("order", v)) => v,
+            Some((key, _)) => {
+                return Err(format!(
+                    "boot option '{key}' is not supported (only order=)"
+                ))
+            }
+            None if i == 0 => part,
+            None => return Err(format!("'{part}' in '{s}' is not key=value")),
+        };
+        let mut devices = Vec::new();
+        for c in value.chars() {
+            let d = match c {
+                'a' | 'b' => BootDevice::Floppy,
+                'c' => BootDevice::Disk,
+                'd' => BootDevice::Cdrom,
+                'n' | 'o' | 'p' => BootDevice::Network,
+                _ => {
+                    return Err(format!(
+                        "'{c}' in --boot {s} is not a boot device (a, c, d or n)"
+                    ))
+                }
+            };
+            if devices.contains(&d) {
+                return Err(format!("--boot {s} names a device twice"));
+            }
+            devices.push(d);
+        }
+        if devices.is_empty() || devices.len() > 3 {
+            return Err(format!("--boot {s}: give one to three devices, e.g. dc"));
+        }
+        order = Some(devices);
+    }
+    order
+        .map(BootOrder)
+        .ok_or_else(|| format!("--boot {s}: give one to three devices, e.g. dc"))
+}
+
 fn parse_module(s: &str) -> Result<ModuleSpec, String> {
     let (path, args) = match s.split_once(',') {
         Some((p, a)) => (p, Some(a.to_string())),
@@ -391,7 +457,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 /// `start` is when the process started (for the boot timer).
 pub fn execute(cli: Cli, start: std::time::Instant) -> Result<u8, String> {
     match cli.command {
-        Command::Run(args) => run(args, start),
+        Command::Run(args) => run(*args, start),
         Command::Img { command } => crate::img::execute(command),
         Command::Kvm { args } => classic(&args, start),
     }
@@ -423,6 +489,9 @@ pub fn usage_line(e: &clap::Error) -> String {
 }
 
 fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
+    if args.bios_log.is_some() && args.bios.is_none() && args.boot.is_none() {
+        return Err("--bios-log needs a BIOS guest (--bios or --boot)".into());
+    }
     let guest = if let Some(kernel) = args.kernel {
         GuestConfig::Kernel {
             kernel,
@@ -430,6 +499,16 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
             initrd: args.initrd,
             modules: args.module,
         }
+    } else if args.bios.is_some() || args.boot.is_some() {
+        let mut f = FirmwareConfig::new(
+            args.bios
+                .unwrap_or_else(|| kiln_vmm::firmware::DEFAULT_BIOS.into()),
+        );
+        if let Some(BootOrder(order)) = args.boot {
+            f.boot_order = order;
+        }
+        f.log = args.bios_log;
+        GuestConfig::Firmware(f)
     } else if !args.load.is_empty() {
         GuestConfig::Raw {
             loads: args

@@ -2,6 +2,7 @@
 //! it; library users can build one directly.
 
 use kiln_arch::CpuMode;
+pub use kiln_devices::cmos::BootDevice;
 use std::path::PathBuf;
 
 /// A file to copy into guest memory before the guest starts.
@@ -70,6 +71,31 @@ pub enum GuestConfig {
         /// Multiboot modules, in order (after the initrd).
         modules: Vec<ModuleSpec>,
     },
+    /// A PC BIOS image entered at the reset vector (SeaBIOS: it boots from the disks and
+    /// CD-ROM like a PC).
+    Firmware(FirmwareConfig),
+}
+
+/// A BIOS boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirmwareConfig {
+    /// The BIOS image ([`crate::firmware::DEFAULT_BIOS`] is Debian's SeaBIOS).
+    pub bios: PathBuf,
+    /// Boot devices in the order the BIOS tries them (up to three).
+    pub boot_order: Vec<BootDevice>,
+    /// Where the BIOS's debug log (port 0x402) goes; dropped when `None`.
+    pub log: Option<PathBuf>,
+}
+
+impl FirmwareConfig {
+    /// Boot `bios` from the first hard disk.
+    pub fn new(bios: impl Into<PathBuf>) -> Self {
+        FirmwareConfig {
+            bios: bios.into(),
+            boot_order: vec![BootDevice::Disk],
+            log: None,
+        }
+    }
 }
 
 /// A disk the guest sees as a virtio-blk device (`/dev/vda`, `/dev/vdb`, ... in order).

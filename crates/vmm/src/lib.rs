@@ -25,6 +25,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod exits;
+pub mod firmware;
 pub mod interrupts;
 pub mod kvm;
 pub mod linux;
@@ -39,7 +40,7 @@ pub mod vcpu;
 pub mod virtio;
 pub mod vm;
 
-pub use config::{GuestConfig, LoadSource, LoadSpec, ModuleSpec, VmConfig};
+pub use config::{FirmwareConfig, GuestConfig, LoadSource, LoadSpec, ModuleSpec, VmConfig};
 pub use error::VmmError;
 pub use stop::StopReason;
 pub use vm::{RunOutcome, RunningVm, Vm};

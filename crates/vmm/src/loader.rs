@@ -24,6 +24,8 @@ pub enum EntryKind {
     Linux64,
     /// PVH (32-bit, EBX = start info).
     Pvh,
+    /// Firmware from the reset vector (the vCPU keeps KVM's reset state).
+    Firmware,
 }
 
 /// How the boot vCPU starts.
@@ -305,5 +307,15 @@ pub fn load_guest(mem: &GuestMem, layout: &MemoryLayout, config: &VmConfig) -> R
                 _ => linux::load_pvh(mem, layout, &b),
             }
         }
+        // The BIOS is mapped as a ROM by the VM builder; RAM stays empty.
+        GuestConfig::Firmware(_) => Ok(BootState {
+            mode: CpuMode::Real,
+            kind: EntryKind::Firmware,
+            entry: 0xFFFF_FFF0,
+            rax: 0,
+            rbx: 0,
+            rsi: 0,
+            cr3: 0,
+        }),
     }
 }

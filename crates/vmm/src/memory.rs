@@ -304,14 +304,35 @@ impl MemorySlots {
 
     /// Register every region of guest RAM, in slots of at most [`MAX_SLOT_BYTES`].
     pub fn add_guest_ram(&mut self, mem: &GuestMem) -> Result<Vec<u32>> {
+        self.add_guest_ram_except(mem, None)
+    }
+
+    /// Register guest RAM except `hole` (whose slots the caller manages, e.g. the BIOS's
+    /// legacy window).
+    pub fn add_guest_ram_except(
+        &mut self,
+        mem: &GuestMem,
+        hole: Option<std::ops::Range<u64>>,
+    ) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         for region in mem.iter() {
             let host = mem
                 .get_host_address(region.start_addr())
                 .map_err(|e| VmmError::Memory(format!("guest RAM has no host mapping: {e}")))?;
+            let start = region.start_addr().0;
             let mut off = 0;
             while off < region.len() {
-                let size = (region.len() - off).min(MAX_SLOT_BYTES);
+                let mut size = (region.len() - off).min(MAX_SLOT_BYTES);
+                if let Some(h) = hole.as_ref() {
+                    let here = start + off;
+                    if h.contains(&here) {
+                        off = (h.end - start).min(region.len());
+                        continue;
+                    }
+                    if here < h.start && h.start < here + size {
+                        size = h.start - here;
+                    }
+                }
                 let slot = Slot {
                     gpa: region.start_addr().0 + off,
                     size,

@@ -1,8 +1,10 @@
 //! Which devices a VM gets and where: every guest has COM1, the debug-exit port and the
 //! POST-code port; kernel guests (multiboot and Linux) also get the CMOS RTC, the i8042,
 //! pvpanic, the PCI root bus with its i440FX-compatible host bridge (configuration
-//! mechanism #1 at 0xcf8) and, with ACPI, Kiln's power device. Each port range is reserved in
-//! [`Resources`] before it is put on the bus.
+//! mechanism #1 at 0xcf8) and, with ACPI, Kiln's power device. Firmware guests also get
+//! fw_cfg and the BIOS debug console, and a CMOS that tells the BIOS the memory size, CPU
+//! count and boot order. Each port range is reserved in [`Resources`] before it is put on
+//! the bus.
 
 use crate::error::{os_err, Result, VmmError};
 use crate::resources::Resources;
@@ -11,13 +13,16 @@ use kiln_devices::acpi_pm::AcpiPm;
 use kiln_devices::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use kiln_devices::bus::{Bus, SharedDevice};
 use kiln_devices::cmos::{Cmos, CMOS_PORT, CMOS_PORTS};
+use kiln_devices::debug_console::{DebugConsole, DEBUG_CONSOLE_PORT};
 use kiln_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
+use kiln_devices::fw_cfg::{FwCfg, FW_CFG_PORT, FW_CFG_PORT_LEN};
 use kiln_devices::i8042::{self, I8042};
 use kiln_devices::pci::config_io::{CONFIG_IO_PORT, CONFIG_IO_PORTS};
 use kiln_devices::pci::{PciConfigIo, PciRoot};
 use kiln_devices::post_code::{PostCode, POST_CODE_PORT};
 use kiln_devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use kiln_devices::serial::{SerialIrq, SerialPort, COM1_PORT, UART_PORTS};
+use kiln_devices::system_control::{SystemControl, SYSTEM_CONTROL_PORT};
 use kvm_ioctls::VmFd;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -35,6 +40,18 @@ pub struct PlatformSpec {
     pub acpi: bool,
     /// The boot timer's start instant, when asked for.
     pub boot_timer: Option<std::time::Instant>,
+    /// A firmware guest's extra devices.
+    pub firmware: Option<FirmwareDevices>,
+}
+
+/// What only firmware guests have.
+pub struct FirmwareDevices {
+    /// The CMOS, with memory size, CPU count and boot order filled in.
+    pub cmos: Cmos,
+    /// fw_cfg with its items.
+    pub fw_cfg: FwCfg,
+    /// The debug console (port 0x402).
+    pub debug_console: DebugConsole,
 }
 
 /// The devices of a VM.
@@ -64,7 +81,7 @@ fn add(
 
 /// Assemble the devices; COM1 writes to `out`.
 pub fn build(
-    spec: &PlatformSpec,
+    spec: PlatformSpec,
     vm_fd: &VmFd,
     res: &mut Resources,
     out: Box<dyn Write + Send>,
@@ -118,13 +135,17 @@ pub fn build(
             cfg,
         )?;
         pci = Some(root);
+        let cmos = match &spec.firmware {
+            Some(f) => f.cmos.clone(),
+            None => Cmos::default(),
+        };
         add(
             &mut pio,
             res,
             "cmos",
             CMOS_PORT,
             CMOS_PORTS,
-            Arc::new(Mutex::new(Cmos::default())),
+            Arc::new(Mutex::new(cmos)),
         )?;
         add(
             &mut pio,
@@ -141,6 +162,32 @@ pub fn build(
             PVPANIC_PORT,
             1,
             Arc::new(Mutex::new(PvPanic::default())),
+        )?;
+    }
+    if let Some(f) = spec.firmware {
+        add(
+            &mut pio,
+            res,
+            "sys-control",
+            SYSTEM_CONTROL_PORT,
+            1,
+            Arc::new(Mutex::new(SystemControl::default())),
+        )?;
+        add(
+            &mut pio,
+            res,
+            "fw-cfg",
+            FW_CFG_PORT,
+            FW_CFG_PORT_LEN,
+            Arc::new(Mutex::new(f.fw_cfg)),
+        )?;
+        add(
+            &mut pio,
+            res,
+            "bios-debug",
+            DEBUG_CONSOLE_PORT,
+            1,
+            Arc::new(Mutex::new(f.debug_console)),
         )?;
     }
     let mmio = Arc::new(Bus::new());

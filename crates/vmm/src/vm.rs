@@ -4,6 +4,7 @@ use crate::config::VmConfig;
 use crate::console::{ConsoleInput, InputEvent, SharedOutput, StopSignals};
 use crate::error::{kvm_err, os_err, Result, VmmError};
 use crate::exits::ExitStats;
+use crate::firmware::{self, BiosRom, LegacyWindow};
 use crate::kvm;
 use crate::loader::{self, BootState, EntryKind};
 use crate::memory::{create_guest_memory, GuestMem, MemorySlots, RamMappings};
@@ -38,6 +39,7 @@ pub struct Vm {
     virtio: VirtioDevices,
     // Last: dropped after the KVM VM, the vCPUs, the device threads and every use of
     // `memory`.
+    _bios: Option<BiosRom>,
     _ram: RamMappings,
 }
 
@@ -90,8 +92,13 @@ impl Vm {
         let (memory, ram) = create_guest_memory(&layout, phys_bits(&supported))?;
         let boot = loader::load_guest(&memory, &layout, config)?;
         let linux = matches!(boot.kind, EntryKind::Linux64 | EntryKind::Pvh);
+        let firmware = match &config.guest {
+            crate::GuestConfig::Firmware(f) => Some(f),
+            _ => None,
+        };
+        let bios = firmware.map(|f| BiosRom::load(&f.bios)).transpose()?;
         let irqchip = boot.kind != EntryKind::Raw;
-        if config.vcpus == 0 || (!linux && config.vcpus != 1) {
+        if config.vcpus == 0 || (!linux && firmware.is_none() && config.vcpus != 1) {
             return Err(VmmError::Config(if config.vcpus == 0 {
                 "a VM needs at least one vCPU".into()
             } else {
@@ -100,12 +107,20 @@ impl Vm {
         }
 
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        // A BIOS ends at 4 GiB, over Kiln's usual place for KVM's pages: use QEMU's.
+        let (tss, identity) = match firmware {
+            Some(_) => (
+                firmware::FIRMWARE_TSS_ADDR,
+                firmware::FIRMWARE_IDENTITY_MAP_ADDR,
+            ),
+            None => (KVM_TSS_ADDR, KVM_IDENTITY_MAP_ADDR),
+        };
         vm_fd
-            .set_tss_address(KVM_TSS_ADDR as usize)
+            .set_tss_address(tss as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         if kvm.check_extension(Cap::SetIdentityMapAddr) {
             vm_fd
-                .set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+                .set_identity_map_address(identity)
                 .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         }
         if irqchip {
@@ -119,20 +134,48 @@ impl Vm {
             vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
         }
         let mut slots = MemorySlots::new(vm_fd.clone(), kvm.get_nr_memslots());
-        slots.add_guest_ram(&memory)?;
+        let readonly_mem = kvm.check_extension(Cap::ReadonlyMem);
+        if let Some(rom) = &bios {
+            slots.add_guest_ram_except(&memory, Some(firmware::LEGACY_WINDOW))?;
+            rom.map_high(&mut slots, readonly_mem)?;
+        } else {
+            slots.add_guest_ram(&memory)?;
+        }
+        let slots = Arc::new(Mutex::new(slots));
 
         let mut resources = Resources::new(&layout)?;
         let spec = PlatformSpec {
             kernel_guest: irqchip,
             acpi: linux && config.acpi,
             boot_timer: config.boot_timer,
+            firmware: firmware
+                .map(|f| firmware_devices(f, &layout, config.vcpus, &memory))
+                .transpose()?,
         };
         let Platform {
             pio,
             mmio,
             serial,
             pci,
-        } = platform::build(&spec, &vm_fd, &mut resources, Box::new(out.clone()))?;
+        } = platform::build(spec, &vm_fd, &mut resources, Box::new(out.clone()))?;
+        if let (Some(rom), Some(root)) = (&bios, &pci) {
+            let window = Arc::new(Mutex::new(LegacyWindow::new(
+                slots.clone(),
+                memory.clone(),
+                rom,
+                readonly_mem,
+            )?));
+            let len = firmware::LEGACY_WINDOW.end - firmware::LEGACY_WINDOW.start;
+            // Below RAM's end, outside the allocator's windows: nothing else can claim it.
+            mmio.insert(
+                "legacy-window",
+                firmware::LEGACY_WINDOW.start,
+                len,
+                window.clone(),
+            )
+            .map_err(|e| VmmError::Config(e.to_string()))?;
+            lock(&root.host_bridge).set_pam_hook(Box::new(move |pam| lock(&window).apply(pam)));
+        }
         let console_out = config
             .virtio_console
             .then(|| Box::new(out.clone()) as Box<dyn Write + Send>);
@@ -146,11 +189,10 @@ impl Vm {
                 root,
                 &mut resources,
             )?,
-            None if config.wants_virtio() => {
-                return Err(VmmError::Config(
-                    "virtio devices need a kernel guest (--kernel): they sit on PCI".into(),
-                ))
-            }
+            None if config.wants_virtio() => return Err(VmmError::Config(
+                "virtio devices need a kernel or BIOS guest (--kernel, --bios): they sit on PCI"
+                    .into(),
+            )),
             None => VirtioDevices::default(),
         };
 
@@ -160,7 +202,7 @@ impl Vm {
             stop: StopLatch::new().map_err(os_err("eventfd"))?,
             hlt_stops: !irqchip,
             dump_regs: config.dump_regs,
-            triple_fault_resets: linux,
+            triple_fault_resets: linux || firmware.is_some(),
         });
 
         let mut vcpus = Vec::new();
@@ -169,11 +211,14 @@ impl Vm {
                 .create_vcpu(id as u64)
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let vcpu = Vcpu::new(id, fd, &supported, config.vcpus as usize)?;
-            if irqchip {
-                vcpu.setup_platform()?;
-            }
-            if id == 0 {
-                vcpu.set_boot_state(&boot)?;
+            // Firmware starts from the reset state KVM gives every vCPU, like hardware.
+            if firmware.is_none() {
+                if irqchip {
+                    vcpu.setup_platform()?;
+                }
+                if id == 0 {
+                    vcpu.set_boot_state(&boot)?;
+                }
             }
             vcpus.push(vcpu);
         }
@@ -183,7 +228,7 @@ impl Vm {
             vm_fd,
             memory,
             layout,
-            slots: Arc::new(Mutex::new(slots)),
+            slots,
             resources,
             shared,
             serial,
@@ -191,6 +236,7 @@ impl Vm {
             boot,
             forward_stdin: config.forward_stdin,
             virtio,
+            _bios: bios,
             _ram: ram,
         })
     }
@@ -275,9 +321,40 @@ impl Vm {
             _kvm: self._kvm,
             _vm_fd: self.vm_fd,
             _slots: self.slots,
+            _bios: self._bios,
             _ram: self._ram,
         })
     }
+}
+
+/// A firmware guest's fw_cfg, CMOS contents and debug console.
+fn firmware_devices(
+    f: &crate::config::FirmwareConfig,
+    layout: &MemoryLayout,
+    vcpus: u8,
+    memory: &GuestMem,
+) -> Result<platform::FirmwareDevices> {
+    let mut cmos = kiln_devices::cmos::Cmos::default();
+    cmos.set_memory(layout.low_ram_size(), layout.high_ram_size());
+    cmos.set_cpus(vcpus.into());
+    cmos.set_boot_order(&f.boot_order);
+    let log = match &f.log {
+        Some(path) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| {
+                VmmError::Config(format!(
+                    "cannot create the BIOS log {}: {}",
+                    path.display(),
+                    loader::io_reason(&e)
+                ))
+            })?,
+        )) as Box<dyn Write + Send>),
+        None => None,
+    };
+    Ok(platform::FirmwareDevices {
+        cmos,
+        fw_cfg: firmware::fw_cfg_items(layout, vcpus.into()).build(memory.clone()),
+        debug_console: kiln_devices::debug_console::DebugConsole::new(log),
+    })
 }
 
 /// Standard input goes to the virtio console when there is one, else to COM1.
@@ -307,7 +384,8 @@ pub struct RunningVm {
     _slots: Arc<Mutex<MemorySlots>>,
     _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
-    // Last: guest RAM outlives everything that can touch it.
+    // Last: the ROM and guest RAM outlive everything that can touch them.
+    _bios: Option<BiosRom>,
     _ram: RamMappings,
 }
 
