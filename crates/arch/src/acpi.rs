@@ -47,7 +47,7 @@ pub const COM1_IRQ: u32 = 4;
 /// QEMU's pvpanic ISA port (ACPI id QEMU0001).
 pub const PVPANIC_PORT: u16 = 0x505;
 
-const OEM_ID: [u8; 6] = *b"KILN  ";
+pub(crate) const OEM_ID: [u8; 6] = *b"KILN  ";
 
 fn append_aligned(blob: &mut Vec<u8>, table: &[u8]) -> u64 {
     let at = blob.len().next_multiple_of(16);
@@ -56,7 +56,7 @@ fn append_aligned(blob: &mut Vec<u8>, table: &[u8]) -> u64 {
     ACPI_AREA.start + at as u64
 }
 
-fn checksum_fix(table: &mut [u8]) {
+pub(crate) fn checksum_fix(table: &mut [u8]) {
     table[9] = 0;
     let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
     table[9] = 0u8.wrapping_sub(sum);
@@ -66,6 +66,16 @@ fn checksum_fix(table: &mut [u8]) {
 /// every CPU. No interrupt source overrides: KVM's default routing sends ISA IRQ n to
 /// IOAPIC pin n (IRQ0 included), and a hardware-reduced platform has no SCI.
 pub fn madt(vcpus: u8, ioapic_addr: u32, lapic_addr: u32) -> Vec<u8> {
+    madt_with_overrides(vcpus, ioapic_addr, lapic_addr, &[])
+}
+
+/// The MADT with interrupt source overrides `(ISA IRQ, GSI, MPS INTI flags)`.
+pub fn madt_with_overrides(
+    vcpus: u8,
+    ioapic_addr: u32,
+    lapic_addr: u32,
+    overrides: &[(u8, u32, u16)],
+) -> Vec<u8> {
     let mut t = Sdt::new(*b"APIC", 36, 5, OEM_ID, *b"KILNMADT", 1);
     t.append_slice(&lapic_addr.to_le_bytes());
     t.append_slice(&1u32.to_le_bytes()); // PCAT_COMPAT: the 8259s exist
@@ -76,6 +86,12 @@ pub fn madt(vcpus: u8, ioapic_addr: u32, lapic_addr: u32) -> Vec<u8> {
     ioapic.extend_from_slice(&ioapic_addr.to_le_bytes());
     ioapic.extend_from_slice(&0u32.to_le_bytes());
     t.append_slice(&ioapic);
+    for &(irq, gsi, flags) in overrides {
+        let mut iso = vec![2, 10, 0, irq];
+        iso.extend_from_slice(&gsi.to_le_bytes());
+        iso.extend_from_slice(&flags.to_le_bytes());
+        t.append_slice(&iso);
+    }
     t.append_slice(&[4, 6, 0xff, 0, 0, 1]); // local APIC NMI: all CPUs, LINT1
     let mut bytes = t.as_slice().to_vec();
     checksum_fix(&mut bytes);
@@ -83,12 +99,13 @@ pub fn madt(vcpus: u8, ioapic_addr: u32, lapic_addr: u32) -> Vec<u8> {
 }
 
 /// The DSDT: `\_S5` for power-off, COM1 and the RTC as ACPI devices, pvpanic, and the
-/// PCI root bridge with its windows and INTx routing (`_PRT`).
+/// PCI root bridge with its windows (`mem32` below 4 GiB, `mmio64` above) and INTx
+/// routing (`_PRT`).
 ///
 /// A hardware-reduced platform has no legacy PIC, so Linux maps no ISA IRQ to the IOAPIC
 /// on its own: a device that interrupts must be described here with its interrupt, or the
 /// kernel cannot request it (the 8250 driver then never transmits a byte from user space).
-pub fn dsdt(mmio64: &Range<u64>) -> Vec<u8> {
+pub fn dsdt(mem32: &Range<u64>, mmio64: &Range<u64>) -> Vec<u8> {
     let mut body = Vec::new();
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLP_TYP, &0u8]))
         .to_aml_bytes(&mut body);
@@ -121,8 +138,8 @@ pub fn dsdt(mmio64: &Range<u64>) -> Vec<u8> {
     let mem32 = aml::AddressSpace::new_memory(
         aml::AddressSpaceCacheable::NotCacheable,
         true,
-        PCI_MMIO32.start as u32,
-        (PCI_MMIO32.end - 1) as u32,
+        mem32.start as u32,
+        (mem32.end - 1) as u32,
         None,
     );
     let mem64 = aml::AddressSpace::new_memory(
@@ -206,7 +223,7 @@ pub fn tables(vcpus: u8, ioapic_addr: u32, lapic_addr: u32, mmio64: &Range<u64>)
     let mut blob = vec![0u8; 0x40]; // RSDP goes here last
     let xsdt_at = blob.len();
     blob.resize(xsdt_at + 36 + 2 * 8, 0); // XSDT placeholder: header + two entries
-    let dsdt_addr = append_aligned(&mut blob, &dsdt(mmio64));
+    let dsdt_addr = append_aligned(&mut blob, &dsdt(&PCI_MMIO32, mmio64));
     let fadt_addr = append_aligned(&mut blob, &fadt(dsdt_addr));
     let madt_addr = append_aligned(&mut blob, &madt(vcpus, ioapic_addr, lapic_addr));
     let mut xsdt = XSDT::new(OEM_ID, *b"KILNXSDT", 1);

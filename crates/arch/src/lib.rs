@@ -7,6 +7,7 @@
 //! memory only through `vm-memory`; creating the VM and vCPUs is the `kiln-vmm` crate's job.
 
 pub mod acpi;
+pub mod acpi_loader;
 pub mod bootinfo;
 pub mod entry;
 pub mod gdt;

@@ -6,6 +6,7 @@
 //! the VM to stop says so through the [`bus::DeviceAction`] it returns.
 
 pub mod acpi_pm;
+pub mod acpi_pm1;
 pub mod boot_timer;
 pub mod bus;
 pub mod cmos;

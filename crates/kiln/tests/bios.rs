@@ -1,7 +1,8 @@
 //! BIOS boot on this machine's KVM: Debian's SeaBIOS (the default `--bios`) starts from the
 //! reset vector, finds Kiln's fw_cfg and i440FX host bridge, prints its banner on COM1 and
 //! boots the project's boot sector from a disk, raw or qcow2; its debug log goes to the
-//! file `--bios-log` names. Bad firmware input is one clear line and status 1.
+//! file `--bios-log` names; the ACPI tables reach it through fw_cfg's table loader unless
+//! `--no-acpi`. Bad firmware input is one clear line and status 1.
 
 mod common;
 use common::*;
@@ -60,7 +61,9 @@ fn seabios_boots_a_raw_disk_and_logs_to_a_file() {
         "qemu/e820: addr 0x00000000feffc000 len 0x0000000000004000 [reserved]",
         "sercon: using ioport 0x3f8",
         "found virtio-blk at 00:01.0",
-        "PS2 keyboard initialized",
+        // Kiln's ACPI tables, installed by SeaBIOS through fw_cfg's table loader.
+        "(via rsdt)",
+        "ACPI: parse DSDT at",
         "Booting from 0000:7c00",
     ] {
         assert!(log.contains(needle), "BIOS log lacks {needle:?}:\n{log}");

@@ -11,8 +11,9 @@
 //!   read-only ones) reach the window on the MMIO bus, which drops them or, in the
 //!   write-only mode, stores them into the RAM underneath.
 //! - fw_cfg's contents ([`fw_cfg_items`]): the e820 map, CPU count, RAM size, no boot
-//!   menu, no reboot loop when nothing boots, and `etc/sercon-port` so SeaBIOS's and the
-//!   boot loader's screen text reach COM1.
+//!   menu, no reboot loop when nothing boots, `etc/sercon-port` so SeaBIOS's and the
+//!   boot loader's screen text reach COM1, and the ACPI tables with their loader
+//!   (`kiln_arch::acpi_loader`) unless ACPI is off.
 //!
 //! The vCPUs start from KVM's reset state (CS base 0xFFFF0000, IP 0xFFF0), the state
 //! hardware leaves them in; nothing is loaded into RAM.
@@ -278,8 +279,24 @@ pub fn e820_file(layout: &MemoryLayout) -> Vec<u8> {
     out
 }
 
-/// fw_cfg's items and files for a firmware guest with `cpus` vCPUs.
-pub fn fw_cfg_items(layout: &MemoryLayout, cpus: u16) -> FwCfgBuilder {
+/// Where SeaBIOS places 32-bit PCI BARs on an i440FX machine (from 2 GiB, or from 3 GiB
+/// when low RAM is larger, up to the IOAPIC): the window the DSDT announces.
+pub fn pci_mem32_window(layout: &MemoryLayout) -> Range<u64> {
+    let start = if layout.low_ram_size() <= 0x8000_0000 {
+        0x8000_0000
+    } else {
+        0xC000_0000
+    };
+    start..kiln_arch::layout::IOAPIC_ADDR
+}
+
+/// fw_cfg's items and files for a firmware guest with `cpus` vCPUs; with `acpi`, the
+/// ACPI tables and the loader that installs them.
+pub fn fw_cfg_items(
+    layout: &MemoryLayout,
+    cpus: u16,
+    acpi: Option<kiln_arch::acpi_loader::LoaderFiles>,
+) -> FwCfgBuilder {
     let mut b = FwCfgBuilder::new();
     let put = |b: &mut FwCfgBuilder, key: u16, data: Vec<u8>| {
         b.item(key, data).expect("a fixed, non-reserved fw_cfg key");
@@ -299,6 +316,13 @@ pub fn fw_cfg_items(layout: &MemoryLayout, cpus: u16) -> FwCfgBuilder {
         .and_then(|b| b.file("etc/sercon-port", SERCON_PORT.to_le_bytes().to_vec()))
         .and_then(|b| b.file("etc/boot-fail-wait", u32::MAX.to_le_bytes().to_vec()))
         .expect("fixed, distinct fw_cfg file names");
+    if let Some(files) = acpi {
+        use kiln_arch::acpi_loader::{LOADER_FILE, RSDP_FILE, TABLES_FILE};
+        b.file(RSDP_FILE, files.rsdp)
+            .and_then(|b| b.file(TABLES_FILE, files.tables))
+            .and_then(|b| b.file(LOADER_FILE, files.loader))
+            .expect("fixed, distinct fw_cfg file names");
+    }
     b
 }
 

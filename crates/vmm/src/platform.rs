@@ -8,8 +8,9 @@
 
 use crate::error::{os_err, Result, VmmError};
 use crate::resources::Resources;
-use kiln_arch::acpi;
+use kiln_arch::{acpi, acpi_loader};
 use kiln_devices::acpi_pm::AcpiPm;
+use kiln_devices::acpi_pm1::{AcpiPm1, PM1_PORTS};
 use kiln_devices::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use kiln_devices::bus::{Bus, SharedDevice};
 use kiln_devices::cmos::{Cmos, CMOS_PORT, CMOS_PORTS};
@@ -52,6 +53,8 @@ pub struct FirmwareDevices {
     pub fw_cfg: FwCfg,
     /// The debug console (port 0x402).
     pub debug_console: DebugConsole,
+    /// The classic ACPI power registers (PM1a) the firmware's FADT names.
+    pub acpi: bool,
 }
 
 /// The devices of a VM.
@@ -189,6 +192,16 @@ pub fn build(
             1,
             Arc::new(Mutex::new(f.debug_console)),
         )?;
+        if f.acpi {
+            add(
+                &mut pio,
+                res,
+                "acpi-pm1",
+                acpi_loader::PM1A_EVT_BLK.into(),
+                PM1_PORTS,
+                Arc::new(Mutex::new(AcpiPm1::new(acpi::S5_SLP_TYP))),
+            )?;
+        }
     }
     let mmio = Arc::new(Bus::new());
     if let Some(start) = spec.boot_timer {

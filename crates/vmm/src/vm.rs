@@ -146,10 +146,10 @@ impl Vm {
         let mut resources = Resources::new(&layout)?;
         let spec = PlatformSpec {
             kernel_guest: irqchip,
-            acpi: linux && config.acpi,
+            acpi: (linux || firmware.is_some()) && config.acpi,
             boot_timer: config.boot_timer,
             firmware: firmware
-                .map(|f| firmware_devices(f, &layout, config.vcpus, &memory))
+                .map(|f| firmware_devices(f, &layout, config, &memory))
                 .transpose()?,
         };
         let Platform {
@@ -331,9 +331,19 @@ impl Vm {
 fn firmware_devices(
     f: &crate::config::FirmwareConfig,
     layout: &MemoryLayout,
-    vcpus: u8,
+    config: &VmConfig,
     memory: &GuestMem,
 ) -> Result<platform::FirmwareDevices> {
+    let vcpus = config.vcpus;
+    let acpi = config.acpi.then(|| {
+        kiln_arch::acpi_loader::loader_files(
+            vcpus,
+            kiln_arch::layout::IOAPIC_ADDR as u32,
+            kiln_arch::layout::LAPIC_ADDR as u32,
+            &firmware::pci_mem32_window(layout),
+            &layout.mmio64(),
+        )
+    });
     let mut cmos = kiln_devices::cmos::Cmos::default();
     cmos.set_memory(layout.low_ram_size(), layout.high_ram_size());
     cmos.set_cpus(vcpus.into());
@@ -352,7 +362,8 @@ fn firmware_devices(
     };
     Ok(platform::FirmwareDevices {
         cmos,
-        fw_cfg: firmware::fw_cfg_items(layout, vcpus.into()).build(memory.clone()),
+        fw_cfg: firmware::fw_cfg_items(layout, vcpus.into(), acpi).build(memory.clone()),
+        acpi: config.acpi,
         debug_console: kiln_devices::debug_console::DebugConsole::new(log),
     })
 }
