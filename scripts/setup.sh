@@ -107,7 +107,8 @@ deps() {
     install_qemu10
     # seabios: the BIOS `kiln run --bios` boots by default (QEMU 10 pulls in the
     # backports build; named here so the BIOS tests never depend on QEMU's packaging).
-    apt_install seabios
+    # xorriso: builds the BIOS install test's CD (crates/testrig/src/install_iso.rs).
+    apt_install seabios xorriso
 }
 
 bench_deps() {

@@ -67,6 +67,19 @@ pub const VIRTIO_PCI_MODULE_NAMES: [&str; 5] = [
     "virtio_pci",
 ];
 
+/// The cloud kernel's IDE, disk, CD-ROM and ISO 9660 modules, in load order: what a
+/// BIOS-booted installer loads to see its IDE disk (sda) and CD (sr0).
+pub const ATA_MODULES: [&str; 8] = [
+    "drivers/scsi/scsi_common",
+    "drivers/scsi/scsi_mod",
+    "drivers/ata/libata",
+    "drivers/ata/ata_piix",
+    "drivers/scsi/sd_mod",
+    "drivers/cdrom/cdrom",
+    "drivers/scsi/sr_mod",
+    "fs/isofs/isofs",
+];
+
 /// How many of [`VIRTIO_MODULES`] a guest with only virtio-blk disks needs.
 pub const VIRTIO_BLK_MODULES: usize = 6;
 
@@ -89,6 +102,8 @@ pub struct Artifacts {
     pub guest_modules: Vec<PathBuf>,
     /// The virtio modules ([`VIRTIO_MODULES`], uncompressed), in load order.
     pub virtio_modules: Vec<PathBuf>,
+    /// The IDE/CD modules ([`ATA_MODULES`], uncompressed), in load order.
+    pub ata_modules: Vec<PathBuf>,
     /// The static busybox binary.
     pub busybox: PathBuf,
 }
@@ -96,7 +111,7 @@ pub struct Artifacts {
 impl Artifacts {
     /// The cloud kernel artifacts and busybox, downloading them on first use.
     pub fn get() -> Result<Artifacts> {
-        let (dir, stamp) = cached("linux-cloud-v5", |tmp| {
+        let (dir, stamp) = cached("linux-cloud-v6", |tmp| {
             fetch_kernel("linux-image-cloud-amd64", tmp, true)
         })?;
         let modules = KVM_MODULES
@@ -111,6 +126,7 @@ impl Artifacts {
         Ok(Artifacts {
             guest_modules: in_dir(&GUEST_MODULES),
             virtio_modules: in_dir(&VIRTIO_MODULES),
+            ata_modules: in_dir(&ATA_MODULES),
             bzimage: dir.join("vmlinuz"),
             vmlinux: dir.join("vmlinux"),
             kernel_version: stamp.get("kernel_version")?,
@@ -158,6 +174,61 @@ pub fn busybox() -> Result<PathBuf> {
         ]))
     })?;
     Ok(dir.join("busybox"))
+}
+
+/// The boot loaders of a BIOS install: isolinux for the CD, extlinux for the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Syslinux {
+    /// isolinux.bin (El Torito no-emulation boot image), from `isolinux`.
+    pub isolinux_bin: PathBuf,
+    /// ldlinux.c32 (isolinux's second stage), from `syslinux-common`.
+    pub ldlinux_c32: PathBuf,
+    /// The 440-byte MBR boot code that chain-loads the active partition, from
+    /// `syslinux-common`.
+    pub mbr_bin: PathBuf,
+    /// The `extlinux` installer (dynamically linked), from `extlinux`.
+    pub extlinux: PathBuf,
+}
+
+/// isolinux, syslinux-common and extlinux's files, downloading them on first use.
+pub fn syslinux() -> Result<Syslinux> {
+    let (dir, _) = cached("syslinux", |tmp| {
+        let mut stamp = Vec::new();
+        let files = [
+            ("isolinux", "usr/lib/ISOLINUX/isolinux.bin", "isolinux.bin"),
+            (
+                "syslinux-common",
+                "usr/lib/syslinux/modules/bios/ldlinux.c32",
+                "ldlinux.c32",
+            ),
+            ("syslinux-common", "usr/lib/syslinux/mbr/mbr.bin", "mbr.bin"),
+            ("extlinux", "usr/bin/extlinux", "extlinux"),
+        ];
+        for package in ["isolinux", "syslinux-common", "extlinux"] {
+            let (deb, version) = download(package, tmp)?;
+            let root = extract(&deb, tmp, &[])?;
+            for (_, from, to) in files.iter().filter(|f| f.0 == package) {
+                move_file(&root.join(from), &tmp.join(to))?;
+            }
+            remove_dir(&root)?;
+            let _ = std::fs::remove_file(&deb);
+            stamp.push((package.to_string(), version));
+        }
+        // The .debs themselves are not needed (apt may name them differently).
+        for e in std::fs::read_dir(tmp).ctx(|| format!("listing {}", tmp.display()))? {
+            let p = e.ctx(|| format!("listing {}", tmp.display()))?.path();
+            if p.extension().is_some_and(|x| x == "deb") {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(Stamp(stamp))
+    })?;
+    Ok(Syslinux {
+        isolinux_bin: dir.join("isolinux.bin"),
+        ldlinux_c32: dir.join("ldlinux.c32"),
+        mbr_bin: dir.join("mbr.bin"),
+        extlinux: dir.join("extlinux"),
+    })
 }
 
 /// `key=value` lines saying what a cache directory holds.
@@ -250,6 +321,7 @@ fn fetch_kernel(meta: &str, into: &Path, kvm: bool) -> Result<Stamp> {
                 .iter()
                 .chain(GUEST_MODULES.iter())
                 .chain(VIRTIO_MODULES.iter())
+                .chain(ATA_MODULES.iter())
                 .map(|m| format!("*/modules/*/kernel/{m}.ko*")),
         );
     }
@@ -274,6 +346,7 @@ fn fetch_kernel(meta: &str, into: &Path, kvm: bool) -> Result<Stamp> {
             .iter()
             .chain(GUEST_MODULES.iter())
             .chain(VIRTIO_MODULES.iter())
+            .chain(ATA_MODULES.iter())
         {
             install_module(&tree, m, &into.join(format!("{}.ko", module_name(m))))?;
         }

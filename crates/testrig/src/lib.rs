@@ -19,6 +19,7 @@ pub mod artifacts;
 pub mod bzimage;
 pub mod cpio;
 pub mod initramfs;
+pub mod install_iso;
 mod l1;
 pub mod progs;
 pub mod rig;
