@@ -23,6 +23,8 @@ mod ata;
 mod atapi;
 mod channel;
 mod pci;
+#[cfg(test)]
+mod tests;
 
 pub use channel::IdeChannel;
 pub use pci::{PiixIde, CLASS_IDE_COMPAT_BUSMASTER, DEVICE_PIIX3_IDE, IDETIM_DEFAULT};
