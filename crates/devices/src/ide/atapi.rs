@@ -182,6 +182,7 @@ impl IdeChannel {
     pub(super) fn atapi_ok(&mut self, u: usize) {
         let d = self.drive(u);
         d.abandon();
+        d.error = 0;
         d.tf.nsector = IR_IO | IR_COD;
         d.status = DRDY | DSC;
         self.set_irq(true);

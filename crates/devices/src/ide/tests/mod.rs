@@ -3,6 +3,7 @@
 
 mod ata;
 mod atapi;
+mod errors;
 mod hostile;
 mod pci;
 
@@ -27,6 +28,8 @@ pub(super) enum Spec {
     Cd(Vec<u8>),
     /// A CD image of this many bytes, sparse (zeros).
     SparseCd(u64),
+    /// Any media (no file behind it).
+    Media(IdeMedia),
 }
 
 /// Bytes that differ per sector and per offset, so misplaced data shows.
@@ -76,7 +79,12 @@ impl Rig {
         let mut media = [None, None];
         for (i, spec) in [master, slave].into_iter().enumerate() {
             let Some(spec) = spec else { continue };
+            if let Spec::Media(m) = spec {
+                media[i] = Some(m);
+                continue;
+            }
             let (f, m) = match spec {
+                Spec::Media(_) => unreachable!(),
                 Spec::Disk(b) => {
                     let f = temp_image(&b, 0);
                     let m = IdeMedia::Disk(open_raw(&f, false));
