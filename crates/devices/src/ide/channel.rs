@@ -260,6 +260,18 @@ pub(super) struct Metrics {
 ///
 /// Every command runs to completion inside the port access that starts it, so the guest
 /// never sees BSY except while it holds SRST.
+///
+/// Interrupts: the devices' INTRQ condition is raised at the start of each data-in DRQ
+/// block, after each data-out block, and at command completion (not at the end of an ATA
+/// data-in command, as the protocol says); a status register read (not the alternate
+/// status) or a command write clears it. The line is INTRQ masked by nIEN, and
+/// [`IdeIrq::trigger`](super::IdeIrq::trigger) is called when the line rises, as an
+/// edge-triggered ISA line sees it: a second block raised before the guest read the
+/// status makes no new edge, and clearing nIEN while a condition is pending does.
+///
+/// A new command while a transfer is in progress abandons the transfer (data-out blocks
+/// already completed stay written) and runs. Commands to an absent position, and
+/// commands while SRST is held, are ignored.
 #[derive(Debug)]
 pub struct IdeChannel {
     pub(super) drives: [Drive; 2],

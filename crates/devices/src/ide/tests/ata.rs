@@ -422,3 +422,28 @@ fn housekeeping_commands() {
     let m = r.ch.lock().unwrap().metrics();
     assert!(m.iter().any(|&(k, v)| k == "flushes" && v >= 3));
 }
+
+#[test]
+fn hardware_reset_restores_power_on_settings() {
+    let (mut r, _) = disk_rig(MIB);
+    r.outb(2, 2);
+    r.outb(7, 0xc6);
+    r.outb(1, 0x82);
+    r.outb(7, 0xef);
+    r.outb(2, 17);
+    r.outb(6, 0xa3);
+    r.outb(7, 0x91);
+    r.control(0x02);
+    r.lba28(0x20, 0, 4);
+    assert_eq!(r.status() & DRQ, DRQ);
+    r.ch.lock().unwrap().reset();
+    assert_eq!(r.status(), 0x50);
+    assert_eq!(r.signature(), [1, 1, 0, 0]);
+    assert_eq!(r.read_data(2), [0, 0], "the transfer is gone");
+    r.irqs();
+    let w = r.identify(0xec);
+    assert_eq!(r.irqs(), 1, "nIEN cleared by the reset");
+    assert_eq!(w[59], 0x0110);
+    assert_ne!(w[85] & (1 << 5), 0, "write cache on");
+    assert_eq!((w[54], w[55], w[56]), (w[1], 16, 63));
+}
