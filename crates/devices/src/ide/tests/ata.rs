@@ -134,7 +134,10 @@ fn data_register_is_a_byte_stream_of_any_width() {
         r.cmd.write(0, std::slice::from_ref(b));
     }
     assert_eq!(r.status(), 0x50);
-    assert_eq!(r.file_bytes(0, 3 * 512, 512), data);
+    assert!(
+        r.file_bytes(0, 3 * 512, 512) == data,
+        "data differs: r.file_bytes(0, 3 * 512, 512)"
+    );
 }
 
 #[test]
@@ -143,18 +146,24 @@ fn lba28_read_and_write_against_the_file() {
     r.irqs();
     r.lba28(0x20, 5, 3);
     let got = r.pio_in(3 * 512, 512);
-    assert_eq!(got, data[5 * 512..8 * 512]);
+    assert!(got == data[5 * 512..8 * 512], "data differs: got");
 
     let new: Vec<u8> = pattern(2 * 512).iter().map(|b| !b).collect();
     r.lba28(0x30, 7, 2);
     r.pio_out(&new, 512);
-    assert_eq!(r.file_bytes(0, 7 * 512, 1024), new);
+    assert!(
+        r.file_bytes(0, 7 * 512, 1024) == new,
+        "data differs: r.file_bytes(0, 7 * 512, 1024)"
+    );
     assert_eq!(
         r.file_bytes(0, 6 * 512, 512),
         data[6 * 512..7 * 512],
         "neighbour kept"
     );
-    assert_eq!(r.file_bytes(0, 9 * 512, 512), data[9 * 512..10 * 512]);
+    assert!(
+        r.file_bytes(0, 9 * 512, 512) == data[9 * 512..10 * 512],
+        "data differs: r.file_bytes(0, 9 * 512, 512)"
+    );
 
     // Sector count 0 means 256.
     r.lba28(0x20, 0, 0);
@@ -187,9 +196,15 @@ fn lba48_read_write_and_hob_readback() {
     r.irqs();
     r.lba48(0x34, lba, 3);
     r.pio_out(&data, 512);
-    assert_eq!(r.file_bytes(0, lba * 512, 3 * 512), data);
+    assert!(
+        r.file_bytes(0, lba * 512, 3 * 512) == data,
+        "data differs: r.file_bytes(0, lba * 512, 3 * 512)"
+    );
     r.lba48(0x24, lba + 1, 2);
-    assert_eq!(r.pio_in(1024, 512), data[512..]);
+    assert!(
+        r.pio_in(1024, 512) == data[512..],
+        "data differs: r.pio_in(1024, 512)"
+    );
 
     r.lba48(0x24, 0x0123_4567_89ab, 0);
     assert_eq!(r.status() & ERR, ERR, "far out of range");
@@ -221,14 +236,23 @@ fn read_and_write_multiple() {
     assert_eq!(r.identify(0xec)[59], 0x0104);
     r.irqs();
     r.lba28(0xc4, 20, 10);
-    assert_eq!(r.pio_in(10 * 512, 4 * 512), data[20 * 512..30 * 512]);
+    assert!(
+        r.pio_in(10 * 512, 4 * 512) == data[20 * 512..30 * 512],
+        "data differs: r.pio_in(10 * 512, 4 * 512)"
+    );
 
     let new: Vec<u8> = pattern(6 * 512).iter().map(|b| b.wrapping_add(1)).collect();
     r.lba48(0x39, 40, 6);
     r.pio_out(&new, 4 * 512);
-    assert_eq!(r.file_bytes(0, 40 * 512, 6 * 512), new);
+    assert!(
+        r.file_bytes(0, 40 * 512, 6 * 512) == new,
+        "data differs: r.file_bytes(0, 40 * 512, 6 * 512)"
+    );
     r.lba48(0x29, 40, 6);
-    assert_eq!(r.pio_in(6 * 512, 4 * 512), new);
+    assert!(
+        r.pio_in(6 * 512, 4 * 512) == new,
+        "data differs: r.pio_in(6 * 512, 4 * 512)"
+    );
 
     for bad in [3u8, 32] {
         r.outb(2, bad);
@@ -258,7 +282,10 @@ fn chs_read_and_initialize_device_parameters() {
     r.outb(6, 0xa2);
     r.irqs();
     r.outb(7, 0x20);
-    assert_eq!(r.pio_in(1024, 512), data[lba * 512..(lba + 2) * 512]);
+    assert!(
+        r.pio_in(1024, 512) == data[lba * 512..(lba + 2) * 512],
+        "data differs: r.pio_in(1024, 512)"
+    );
 
     // Sector 0 and sector 64 of 63 are not found.
     for sector in [0u8, 64] {
@@ -283,7 +310,10 @@ fn chs_read_and_initialize_device_parameters() {
     r.outb(6, 0xa5);
     r.irqs();
     r.outb(7, 0x20);
-    assert_eq!(r.pio_in(512, 512), data[lba * 512..(lba + 1) * 512]);
+    assert!(
+        r.pio_in(512, 512) == data[lba * 512..(lba + 1) * 512],
+        "data differs: r.pio_in(512, 512)"
+    );
     r.outb(3, 1);
     r.outb(6, 0xa8);
     r.outb(7, 0x20);
@@ -325,11 +355,14 @@ fn writes_to_a_read_only_image_abort() {
     }
     r.lba48(0x34, 2, 1);
     assert_eq!(r.status(), 0x41);
-    assert_eq!(r.file_bytes(0, 0, MIB), data);
+    assert!(
+        r.file_bytes(0, 0, MIB) == data,
+        "data differs: r.file_bytes(0, 0, MIB)"
+    );
     let m = r.ch.lock().unwrap().metrics();
     assert!(m.contains(&("read_only_rejects", 3)));
     r.lba28(0x20, 2, 1);
-    assert_eq!(r.read_data(512), data[1024..1536], "reads still work");
+    assert!(r.read_data(512) == data[1024..1536], "reads still work");
 }
 
 #[test]
