@@ -14,6 +14,7 @@ pub mod debug_console;
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod ide;
 pub mod pci;
 pub mod post_code;
 pub mod pvpanic;
