@@ -11,9 +11,11 @@
 //! userspace marker and to power-off, Kiln vs QEMU `-M microvm` (also with `rtc=on`) and
 //! `-M q35`, on a real KVM (the test rig's L1 on machines without hardware
 //! virtualization); see `linux`. `cargo xtask bench io` measures virtio-blk throughput in
-//! the same way against QEMU q35; see `io`.
+//! the same way against QEMU q35; see `io`. `cargo xtask bench bios` times the classic
+//! BIOS workflow (installer CD, installed disk) against QEMU `-M pc`; see `bios`.
 
 mod bench;
+mod bios;
 mod io;
 mod io_scripts;
 mod linux;
@@ -37,6 +39,7 @@ const USAGE: &str = "\
 usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output markdown|json]
        cargo xtask bench linux [--runs N] [--kiln PATH]
        cargo xtask bench io [--runs N] [--kiln PATH]
+       cargo xtask bench bios [--runs N] [--kiln PATH]
 
   startup   wall time from process start to the tiny guest's exit, and to the
             first KVM_RUN (under strace), Kiln vs qemu-system-x86_64 -M microvm
@@ -49,6 +52,9 @@ usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output 
             Markdown only; takes ~1 min per run in the rig
   io        virtio-blk: a Linux guest's 128 MiB dd write and read, Kiln vs QEMU
             q35 + virtio-blk-pci on the same raw image (--runs defaults to 5)
+  bios      the classic workflow through SeaBIOS: the installer CD and the
+            installed disk to their userspace markers, Kiln (kiln kvm) vs QEMU
+            -M pc, IDE disk and CD (--runs defaults to 3)
 
   --runs N     measured runs per peer (default 20)
   --warmup N   discarded warm-up runs per peer (default 3)
@@ -165,6 +171,9 @@ fn bench(args: &[String]) -> Result<()> {
     }
     if args.first().map(String::as_str) == Some("io") {
         return io::bench(&workspace_root(), &args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("bios") {
+        return bios::bench(&workspace_root(), &args[1..]);
     }
     let opts = parse_bench(args)?;
     preflight(opts.startup)?;

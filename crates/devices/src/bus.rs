@@ -58,6 +58,8 @@ pub struct AccessCounts {
 
 struct Entry {
     len: u64,
+    /// The device takes a whole string access (`rep insw`) as one byte stream.
+    stream: bool,
     name: &'static str,
     device: SharedDevice,
     counts: Mutex<AccessCounts>,
@@ -85,6 +87,30 @@ impl Bus {
         len: u64,
         device: SharedDevice,
     ) -> Result<(), BusError> {
+        self.insert_entry(name, base, len, device, false)
+    }
+
+    /// Put `device` at `base..base+len`, taking string accesses (`rep insw` and friends,
+    /// every element in one slice) in one call: for data registers that are byte streams,
+    /// such as IDE's, where element-by-element delivery costs a lock per byte.
+    pub fn insert_stream(
+        &self,
+        name: &'static str,
+        base: u64,
+        len: u64,
+        device: SharedDevice,
+    ) -> Result<(), BusError> {
+        self.insert_entry(name, base, len, device, true)
+    }
+
+    fn insert_entry(
+        &self,
+        name: &'static str,
+        base: u64,
+        len: u64,
+        device: SharedDevice,
+        stream: bool,
+    ) -> Result<(), BusError> {
         let overlap = |other: &'static str| BusError::Overlap {
             name,
             other,
@@ -104,6 +130,7 @@ impl Bus {
             base,
             Arc::new(Entry {
                 len,
+                stream,
                 name,
                 device,
                 counts: Mutex::new(AccessCounts::default()),
@@ -140,6 +167,31 @@ impl Bus {
         lock(&e.counts).writes += 1;
         let action = lock(&e.device).write(addr - base, data);
         Some(action)
+    }
+
+    /// Route a string read (`data` holds every element) in one call if the device at
+    /// `addr` takes streams; `false` (nothing done) otherwise.
+    pub fn read_stream(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr) {
+            Some((base, e)) if e.stream => {
+                lock(&e.counts).reads += 1;
+                lock(&e.device).read(addr - base, data);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Route a string write in one call if the device at `addr` takes streams; `None`
+    /// (nothing done) otherwise.
+    pub fn write_stream(&self, addr: u64, data: &[u8]) -> Option<Option<DeviceAction>> {
+        match self.find(addr) {
+            Some((base, e)) if e.stream => {
+                lock(&e.counts).writes += 1;
+                Some(lock(&e.device).write(addr - base, data))
+            }
+            _ => None,
+        }
     }
 
     /// Per-device access counts, in address order.
@@ -198,6 +250,14 @@ mod tests {
         assert_eq!(d[0], 0x40);
         let mut wide = [0u8; 4];
         assert!(bus.read(0x17, &mut wide), "routed by its first address");
+        let mut long = [0u8; 16];
+        assert!(!bus.read_stream(0x10, &mut long), "not a stream device");
+        assert_eq!(bus.write_stream(0x10, &long), None);
+        bus.insert_stream("s", 0x800, 8, Arc::new(Mutex::new(Echo(7))))
+            .unwrap();
+        assert!(bus.read_stream(0x800, &mut long));
+        assert_eq!(long, [7; 16], "one call for the whole string");
+        assert_eq!(bus.write_stream(0x801, &[9; 16]), Some(None));
         assert_eq!(wide, [8; 4]);
         assert!(!bus.read(0x20, &mut d));
         assert!(!bus.read(u64::MAX, &mut wide));

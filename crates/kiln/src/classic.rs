@@ -18,37 +18,67 @@ Usage: kiln kvm [OPTIONS]      (or the kiln binary invoked through a symlink nam
   -kernel FILE               a Linux bzImage/vmlinux or multiboot kernel
   -initrd FILE               its initial ramdisk
   -append STRING             its command line
-  -hda/-hdb/-hdc/-hdd FILE   disks, in that order (virtio-blk: /dev/vda, /dev/vdb, ...)
-  -drive file=F[,format=raw|qcow2][,if=ide|virtio][,readonly=on][,index=N][,media=disk]
-  -no-acpi, -machine acpi=off    boot without ACPI (an MP table instead)
+  -hda/-hdb/-hdc/-hdd FILE   IDE disks at index 0-3 (with -kernel: virtio-blk disks
+                             /dev/vda, /dev/vdb, ... in that order)
+  -cdrom FILE                an ISO image in the IDE CD-ROM drive (index 2)
+  -drive file=F[,format=raw|qcow2][,if=ide|virtio][,readonly=on][,index=N]
+         [,media=disk|cdrom]
+  -boot c|d|order=dc         BIOS boot order: c first hard disk, d CD-ROM
+  -bios FILE                 the BIOS image (default: SeaBIOS from Debian's seabios)
+  -no-acpi, -machine acpi=off    boot without ACPI
   -machine pc|q35|microvm    accepted; Kiln has one machine type
   -no-reboot                 a guest reset ends Kiln (status 2); without it the VM restarts
   -nographic, -display none, -serial stdio, -enable-kvm, -accel kvm, -cpu host
                              accepted: Kiln is always serial-only on stdio and on KVM
 
-Not yet: -cdrom, -boot and -bios (BIOS boot is being built; until then disks are
-virtio-blk and guests boot through -kernel). Any other option is refused by name.
+Without -kernel, a guest with disks, a CD-ROM, -boot or -bios boots through the BIOS,
+as QEMU does. Any other option is refused by name.
 ";
 
-/// Disks named by -hdX or -drive, in QEMU's index order.
+/// Where a -drive or -hdX disk goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Interface {
+    Ide,
+    Virtio,
+}
+
+/// Disks named by -hdX, -drive or -cdrom, in QEMU's index order.
 #[derive(Default)]
 struct Disks {
-    /// (index, --disk value).
-    slots: Vec<(u32, String)>,
+    /// (index, interface, --disk value); `None` for the CD-ROM's file.
+    slots: Vec<(u32, Interface, String)>,
+    cdrom: Option<String>,
 }
 
 impl Disks {
-    fn add(&mut self, index: Option<u32>, value: String) -> Result<(), String> {
+    fn taken(&self, index: u32) -> bool {
+        self.slots.iter().any(|(j, _, _)| *j == index)
+            || (self.cdrom.is_some() && index == CDROM_INDEX)
+    }
+
+    fn add(&mut self, index: Option<u32>, bus: Interface, value: String) -> Result<(), String> {
         let index = match index {
             Some(i) => i,
-            None => (0..)
-                .find(|i| !self.slots.iter().any(|(j, _)| j == i))
-                .unwrap_or(0),
+            None => (0..).find(|i| !self.taken(*i)).unwrap_or(0),
         };
-        if self.slots.iter().any(|(j, _)| *j == index) {
+        if self.taken(index) {
             return Err(format!("two disks at index {index}"));
         }
-        self.slots.push((index, value));
+        self.slots.push((index, bus, value));
+        Ok(())
+    }
+
+    fn add_cdrom(&mut self, file: String) -> Result<(), String> {
+        if self.cdrom.is_some() {
+            return Err("two CD-ROMs (Kiln has one drive)".into());
+        }
+        if self.taken(CDROM_INDEX) {
+            return Err(format!("two disks at index {CDROM_INDEX} (the CD-ROM's)"));
+        }
+        if file.is_empty() {
+            return Err("-cdrom needs a file name".into());
+        }
+        self.cdrom = Some(file);
         Ok(())
     }
 }
@@ -89,18 +119,27 @@ fn props(value: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `-drive` to a `--disk` value and its index.
-fn drive(value: &str) -> Result<(Option<u32>, String), String> {
+/// QEMU's index of the CD-ROM (secondary master).
+const CDROM_INDEX: u32 = 2;
+
+/// What a `-drive` option describes.
+enum Drive {
+    Disk(Option<u32>, Interface, String),
+    Cdrom(String),
+}
+
+/// `-drive` to a disk (index, interface, `--disk` value) or a CD-ROM file.
+fn drive(value: &str) -> Result<Drive, String> {
     let (mut file, mut extra, mut index) = (None, Vec::new(), None);
+    let (mut bus, mut cdrom) = (Interface::Ide, false);
     for (k, v) in props(value) {
         match k.as_str() {
             "file" => file = Some(v),
             "format" => extra.push(format!("format={v}")),
-            "if" if v == "ide" || v == "virtio" => {}
+            "if" if v == "ide" => bus = Interface::Ide,
+            "if" if v == "virtio" => bus = Interface::Virtio,
             "media" if v == "disk" => {}
-            "media" if v == "cdrom" => {
-                return Err("-drive media=cdrom: CD-ROMs are not supported yet".into())
-            }
+            "media" if v == "cdrom" => cdrom = true,
             "readonly" if v == "on" || v == "off" => extra.push(format!("readonly={v}")),
             "index" => {
                 index = Some(
@@ -114,12 +153,20 @@ fn drive(value: &str) -> Result<(Option<u32>, String), String> {
         }
     }
     let file = file.ok_or_else(|| format!("-drive {value}: no file="))?;
+    if cdrom {
+        if bus != Interface::Ide || index.is_some_and(|i| i != CDROM_INDEX) {
+            return Err(format!(
+                "-drive {value}: the CD-ROM drive is IDE index {CDROM_INDEX}"
+            ));
+        }
+        return Ok(Drive::Cdrom(file));
+    }
     let mut out = disk_value(&file)?;
     for e in extra {
         out.push(',');
         out.push_str(&e);
     }
-    Ok((index, out))
+    Ok(Drive::Disk(index, bus, out))
 }
 
 /// `-machine`/`-M`: a machine type and properties; only acpi=on|off matters.
@@ -153,6 +200,8 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     let mut disks = Disks::default();
     let mut reboot = "restart";
+    let mut bios: Option<String> = None;
+    let mut boot: Option<String> = None;
     let mut it = args.iter();
     while let Some(raw) = it.next() {
         let opt = raw
@@ -182,12 +231,15 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
             "append" => out.extend(["--cmdline".into(), value("a command line")?]),
             "hda" | "hdb" | "hdc" | "hdd" => {
                 let index = u32::from(opt.as_bytes()[2] - b'a');
-                disks.add(Some(index), disk_value(&value("a file")?)?)?;
+                disks.add(Some(index), Interface::Ide, disk_value(&value("a file")?)?)?;
             }
-            "drive" => {
-                let (index, v) = drive(&value("file=...")?)?;
-                disks.add(index, v)?;
-            }
+            "drive" => match drive(&value("file=...")?)? {
+                Drive::Disk(index, bus, v) => disks.add(index, bus, v)?,
+                Drive::Cdrom(file) => disks.add_cdrom(file)?,
+            },
+            "cdrom" => disks.add_cdrom(value("an ISO image")?)?,
+            "boot" => boot = Some(value("a boot order")?),
+            "bios" => bios = Some(value("a BIOS image")?),
             "no-acpi" => out.push("--no-acpi".into()),
             "machine" | "M" => machine(&value("a machine type")?, &mut out)?,
             "no-reboot" => reboot = "exit",
@@ -212,11 +264,6 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
                 "host" | "max" => {}
                 c => return Err(format!("-cpu {c}: Kiln gives the guest the host's CPU")),
             },
-            "cdrom" | "boot" | "bios" => {
-                return Err(format!(
-                    "-{opt} is not supported yet (BIOS and CD-ROM boot are being built)"
-                ))
-            }
             "h" | "help" => return Err(HELP.trim_end().to_string()),
             _ => {
                 return Err(format!(
@@ -225,14 +272,45 @@ pub fn translate(args: &[String]) -> Result<Vec<String>, String> {
             }
         }
     }
-    disks.slots.sort_by_key(|(i, _)| *i);
-    if !disks.slots.is_empty() && !out.iter().any(|a| a == "--kernel") {
-        return Err(
-            "disks need -kernel until BIOS boot arrives (-hda alone boots nothing yet)".into(),
-        );
-    }
-    for (_, d) in disks.slots {
-        out.extend(["--disk".into(), d]);
+    disks.slots.sort_by_key(|(i, _, _)| *i);
+    let kernel = out.iter().any(|a| a == "--kernel");
+    if kernel {
+        if let Some(b) = bios
+            .as_ref()
+            .map(|_| "-bios")
+            .or(boot.as_ref().map(|_| "-boot"))
+        {
+            return Err(format!(
+                "{b} is for BIOS boot; -kernel boots the kernel directly"
+            ));
+        }
+        // Direct kernel boot: Kiln's Linux machine has virtio-blk disks.
+        for (_, _, d) in disks.slots {
+            out.extend(["--disk".into(), d]);
+        }
+        if let Some(cd) = disks.cdrom {
+            out.extend(["--cdrom".into(), cd]);
+        }
+    } else {
+        let firmware =
+            bios.is_some() || boot.is_some() || disks.cdrom.is_some() || !disks.slots.is_empty();
+        if firmware {
+            out.push("--bios".into());
+            out.extend(bios);
+        }
+        for (index, bus, d) in disks.slots {
+            let d = match bus {
+                Interface::Ide => format!("{d},if=ide,index={index}"),
+                Interface::Virtio => d,
+            };
+            out.extend(["--disk".into(), d]);
+        }
+        if let Some(cd) = disks.cdrom {
+            out.extend(["--cdrom".into(), cd]);
+        }
+        if let Some(b) = boot {
+            out.extend(["--boot".into(), b]);
+        }
     }
     out.extend(["--on-reboot".into(), reboot.into()]);
     Ok(out)
@@ -319,18 +397,56 @@ mod tests {
     }
 
     #[test]
+    fn bios_boot_of_the_classic_workflow() {
+        assert_eq!(
+            ok(&[
+                "-m",
+                "384",
+                "-cdrom",
+                "guestos.iso",
+                "-hda",
+                "vm-disk.img",
+                "-boot",
+                "d"
+            ]),
+            "-m 384 --bios --disk path=vm-disk.img,if=ide,index=0 --cdrom guestos.iso \
+             --boot d --on-reboot restart"
+        );
+        assert_eq!(
+            ok(&["-no-acpi", "-hda", "vm-disk.img", "-no-reboot"]),
+            "--no-acpi --bios --disk path=vm-disk.img,if=ide,index=0 --on-reboot exit"
+        );
+        assert_eq!(
+            ok(&[
+                "-bios",
+                "my.bin",
+                "-drive",
+                "file=d.iso,media=cdrom",
+                "-drive",
+                "file=v.qcow2,if=virtio,format=qcow2",
+                "-drive",
+                "file=b.img,index=1"
+            ]),
+            "--bios my.bin --disk path=v.qcow2,format=qcow2 --disk path=b.img,if=ide,index=1 \
+             --cdrom d.iso --on-reboot restart"
+        );
+    }
+
+    #[test]
     fn unsupported_options_are_named() {
         let e = |args: &[&str]| t(args).unwrap_err();
-        assert!(e(&["-cdrom", "x.iso"]).starts_with("-cdrom is not supported yet"));
-        assert!(e(&["-boot", "d"]).starts_with("-boot is not supported yet"));
         assert!(e(&["-usb"]).starts_with("-usb is not a supported QEMU option"));
         assert!(e(&["-serial", "pty"]).starts_with("-serial pty:"));
         assert!(e(&["-machine", "virt"]).starts_with("-machine virt: unknown"));
-        assert!(e(&["-drive", "file=x,media=cdrom"]).contains("CD-ROM"));
+        assert!(e(&["-drive", "file=x,media=cdrom,index=0"]).contains("IDE index 2"));
+        assert_eq!(
+            e(&["-cdrom", "a.iso", "-hdc", "c.img"]),
+            "two disks at index 2"
+        );
+        assert!(e(&["-kernel", "k", "-boot", "d"]).starts_with("-boot is for BIOS boot"));
         assert!(e(&["-drive", "file=x,snapshot=on"]).contains("snapshot=on is not supported"));
         assert!(e(&["disk.img"]).starts_with("'disk.img' is not an option"));
         assert_eq!(e(&["-m"]), "-m needs a size");
-        assert!(e(&["-hda", "a.img"]).starts_with("disks need -kernel"));
         assert!(e(&["-help"]).starts_with("kiln kvm: QEMU's classic"));
     }
 }

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_arch::CpuMode;
-use kiln_vmm::config::{BootDevice, DiskConfig, NetConfig, VsockConfig};
+use kiln_vmm::config::{BootDevice, DiskBus, DiskConfig, NetConfig, VsockConfig};
 use kiln_vmm::{
     FirmwareConfig, GuestConfig, LoadSource, LoadSpec, ModuleSpec, StopReason, Vm, VmConfig,
 };
@@ -147,15 +147,22 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
     cpus: u8,
 
-    /// A virtio-blk disk (repeatable; the guest sees /dev/vda, /dev/vdb, ... in order):
-    /// path=FILE[,format=raw|qcow2][,readonly=on|off][,serial=ID]. The format is probed
-    /// when not given; a comma in FILE is written ",,".
+    /// A disk (repeatable): path=FILE[,format=raw|qcow2][,readonly=on|off][,serial=ID]
+    /// [,if=virtio|ide][,index=N]. virtio-blk by default (the guest sees /dev/vda,
+    /// /dev/vdb, ... in order); if=ide puts it on the IDE controller (position index=0-3,
+    /// else the first free one), where a BIOS and any installer kernel find it. The
+    /// format is probed when not given; a comma in FILE is written ",,".
     #[arg(long, value_name = "path=FILE,...", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
 
     /// The first disk, format probed (short for --disk path=FILE, before any --disk).
     #[arg(long, value_name = "FILE")]
     hda: Option<PathBuf>,
+
+    /// An ISO 9660 image in an IDE CD-ROM drive (read-only, secondary master, as in
+    /// QEMU); boot from it with --boot d.
+    #[arg(long, value_name = "FILE")]
+    cdrom: Option<PathBuf>,
 
     /// A virtio-net interface on a host TAP device (repeatable): tap=NAME[,mac=52:54:..].
     /// Kiln creates the TAP when it does not exist (needs CAP_NET_ADMIN); configuring its
@@ -254,7 +261,9 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         format: None,
         read_only: false,
         serial: None,
+        bus: DiskBus::Virtio,
     };
+    let mut index = None;
     for (i, part) in split_options(s).into_iter().enumerate() {
         let (key, value) = match part.split_once('=') {
             Some((k, v)) => (k.to_string(), v.to_string()),
@@ -280,11 +289,33 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
                 }
                 disk.serial = Some(value);
             }
+            "if" => {
+                disk.bus = match value.as_str() {
+                    "virtio" => DiskBus::Virtio,
+                    "ide" => DiskBus::Ide { index: None },
+                    _ => return Err(format!("if={value}: use virtio or ide")),
+                }
+            }
+            "index" => {
+                index = Some(
+                    value
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|i| *i < 4)
+                        .ok_or_else(|| format!("index={value}: an IDE position is 0 to 3"))?,
+                )
+            }
             _ => {
                 return Err(format!(
-                    "unknown disk option '{key}' (path, format, readonly, serial)"
+                    "unknown disk option '{key}' (path, format, readonly, serial, if, index)"
                 ))
             }
+        }
+    }
+    if let Some(i) = index {
+        match disk.bus {
+            DiskBus::Ide { .. } => disk.bus = DiskBus::Ide { index: Some(i) },
+            DiskBus::Virtio => return Err(format!("'{s}': index= is for if=ide disks")),
         }
     }
     if disk.path.as_os_str().is_empty() {
@@ -553,9 +584,11 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
             format: None,
             read_only: false,
             serial: None,
+            bus: DiskBus::Virtio,
         });
     }
     config.disks.extend(args.disk);
+    config.cdrom = args.cdrom;
     config.nets = args.net;
     config.rng = args.rng;
     config.virtio_console = args.virtio_console;

@@ -169,6 +169,28 @@ fn bad_firmware_input_is_one_line_and_status_1() {
             vec!["run", "--bios", "--kernel", &small],
             "cannot be used with",
         ),
+        (
+            vec!["run", "--boot", "d"],
+            "--boot d: there is no CD-ROM to boot from",
+        ),
+        (
+            vec!["run", "--boot", "d", "--cdrom", missing.to_str().unwrap()],
+            "No such file or directory",
+        ),
+        (
+            vec!["run", "--boot", "d", "--cdrom", &odd],
+            "not an ISO 9660 image",
+        ),
+        (
+            vec!["kvm", "-cdrom", &odd, "-boot", "d"],
+            "not an ISO 9660 image",
+        ),
+        (vec!["kvm", "-bios", &small], "multiple of 64 KiB"),
+        (vec!["kvm", "-boot", "d"], "there is no CD-ROM"),
+        (
+            vec!["run", "--disk", "path=x,if=ide,index=7"],
+            "an IDE position is 0 to 3",
+        ),
     ];
     for (args, needle) in cases {
         let r = run(&args);

@@ -78,7 +78,7 @@ fn unsupported_or_wrong_options_are_one_line() {
     let cases: [(&[&str], &str); 6] = [
         (
             &["kvm", "-cdrom", "guestos.iso"],
-            "-cdrom is not supported yet",
+            "--cdrom: guestos.iso: No such file or directory",
         ),
         (
             &["kvm", "-usbdevice", "tablet"],

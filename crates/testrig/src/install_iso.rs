@@ -85,7 +85,10 @@ printf '\125\252' | dd of=/dev/sda bs=1 seek=510 conv=notrunc 2>/dev/null
 blockdev --rereadpt /dev/sda
 wait_for /dev/sda1 || fail "no /dev/sda1 after partitioning"
 # extlinux 6.04 cannot boot from ext4's 64bit or metadata_csum file systems.
-/opt/kiln/mke2fs -q -F -t ext4 -O ^64bit,^metadata_csum -L kilnroot /dev/sda1 || fail "mke2fs"
+# Lazy inode tables and journal, a 4 MiB journal: the installer writes a few MiB, not
+# the 64 MiB journal a 4 GiB file system gets by default.
+/opt/kiln/mke2fs -q -F -t ext4 -O ^64bit,^metadata_csum -J size=4 \
+    -E lazy_itable_init=1,lazy_journal_init=1 -L kilnroot /dev/sda1 || fail "mke2fs"
 mount -t ext4 /dev/sda1 /mnt || fail "cannot mount the new file system"
 mkdir -p /mnt/bin /mnt/sbin /mnt/proc /mnt/sys /mnt/dev /mnt/tmp /mnt/boot/extlinux
 cp /bin/busybox /mnt/bin/busybox

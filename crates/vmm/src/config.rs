@@ -98,7 +98,22 @@ impl FirmwareConfig {
     }
 }
 
-/// A disk the guest sees as a virtio-blk device (`/dev/vda`, `/dev/vdb`, ... in order).
+/// Where a disk is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskBus {
+    /// A virtio-blk device (`/dev/vda`, `/dev/vdb`, ... in order).
+    #[default]
+    Virtio,
+    /// A disk on the PIIX IDE controller at position `index` (0 primary master, 1 primary
+    /// slave, 2 secondary master, 3 secondary slave), or the first free one. What a BIOS
+    /// and every installer kernel can use.
+    Ide {
+        /// The position, as QEMU's `-drive index=`.
+        index: Option<u8>,
+    },
+}
+
+/// A disk: an image file on virtio-blk or IDE.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
     /// The image file.
@@ -110,6 +125,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// The serial number the guest reads (`/sys/block/vda/serial`), up to 20 bytes.
     pub serial: Option<String>,
+    /// The bus the disk hangs on.
+    pub bus: DiskBus,
 }
 
 /// A network interface the guest sees as a virtio-net device, backed by a host TAP device.
@@ -153,8 +170,11 @@ pub struct VmConfig {
     /// Log when the guest writes to the boot-timer port, counting from this instant (the
     /// process start); `None` leaves the port unclaimed.
     pub boot_timer: Option<std::time::Instant>,
-    /// virtio-blk disks (kernel guests only).
+    /// Disks, virtio-blk or IDE.
     pub disks: Vec<DiskConfig>,
+    /// An ISO 9660 image in an IDE (ATAPI) CD-ROM drive, read-only; at IDE position 2
+    /// (secondary master) as in QEMU.
+    pub cdrom: Option<PathBuf>,
     /// virtio-net interfaces on TAP devices (kernel guests only).
     pub nets: Vec<NetConfig>,
     /// A virtio-rng device fed from the host's /dev/urandom (kernel guests only).
@@ -169,7 +189,7 @@ pub struct VmConfig {
 impl VmConfig {
     /// Whether the VM gets any virtio device (they need PCI, so a kernel guest).
     pub fn wants_virtio(&self) -> bool {
-        !self.disks.is_empty()
+        self.disks.iter().any(|d| d.bus == DiskBus::Virtio)
             || !self.nets.is_empty()
             || self.rng
             || self.virtio_console
@@ -189,6 +209,7 @@ impl VmConfig {
             acpi: true,
             boot_timer: None,
             disks: Vec::new(),
+            cdrom: None,
             nets: Vec::new(),
             rng: false,
             virtio_console: false,

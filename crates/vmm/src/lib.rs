@@ -26,6 +26,7 @@ pub mod console;
 pub mod error;
 pub mod exits;
 pub mod firmware;
+pub mod ide;
 pub mod interrupts;
 pub mod kvm;
 pub mod linux;

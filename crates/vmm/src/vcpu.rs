@@ -383,6 +383,9 @@ fn handle_exit(shared: &VmShared, exit: VcpuExit<'_>, stats: &mut ExitStats) -> 
     match exit {
         VcpuExit::IoIn(port, data) => {
             stats.count("io_in");
+            if data.len() > 4 && shared.pio.read_stream(port as u64, data) {
+                return Flow::Continue;
+            }
             let step = pieces(data.len());
             for chunk in data.chunks_mut(step) {
                 if !shared.pio.read(port as u64, chunk) {
@@ -394,6 +397,13 @@ fn handle_exit(shared: &VmShared, exit: VcpuExit<'_>, stats: &mut ExitStats) -> 
         }
         VcpuExit::IoOut(port, data) => {
             stats.count("io_out");
+            if data.len() > 4 {
+                match shared.pio.write_stream(port as u64, data) {
+                    Some(Some(action)) => return action_flow(action),
+                    Some(None) => return Flow::Continue,
+                    None => {}
+                }
+            }
             for chunk in data.chunks(pieces(data.len())) {
                 match shared.pio.write(port as u64, chunk) {
                     None => stats.unknown(Access::PortOut, port as u64, chunk.len()),

@@ -47,7 +47,11 @@ impl VirtioDevices {
             return Ok(me);
         }
         let host: Arc<dyn PciHost> = Arc::new(VmPciHost::new(vm_fd.clone(), mmio.clone()));
-        for d in &config.disks {
+        for d in config
+            .disks
+            .iter()
+            .filter(|d| d.bus == crate::config::DiskBus::Virtio)
+        {
             let opts = kiln_block::OpenOptions {
                 read_only: d.read_only,
                 format: d.format,

@@ -1,10 +1,12 @@
 //! The VM: built from a [`VmConfig`], run until the guest or the user stops it.
 
+use crate::config::DiskBus;
 use crate::config::VmConfig;
 use crate::console::{ConsoleInput, InputEvent, SharedOutput, StopSignals};
 use crate::error::{kvm_err, os_err, Result, VmmError};
 use crate::exits::ExitStats;
 use crate::firmware::{self, BiosRom, LegacyWindow};
+use crate::ide::IdeDevices;
 use crate::kvm;
 use crate::loader::{self, BootState, EntryKind};
 use crate::memory::{create_guest_memory, GuestMem, MemorySlots, RamMappings};
@@ -37,6 +39,7 @@ pub struct Vm {
     boot: BootState,
     forward_stdin: bool,
     virtio: VirtioDevices,
+    ide: IdeDevices,
     // Last: dropped after the KVM VM, the vCPUs, the device threads and every use of
     // `memory`.
     _bios: Option<BiosRom>,
@@ -153,11 +156,23 @@ impl Vm {
                 .transpose()?,
         };
         let Platform {
-            pio,
+            mut pio,
             mmio,
             serial,
             pci,
         } = platform::build(spec, &vm_fd, &mut resources, Box::new(out.clone()))?;
+        // IDE before virtio: the controller takes the first PCI slot, as on a PC.
+        let ide = match &pci {
+            Some(root) => IdeDevices::build(config, &vm_fd, &mut pio, &mut resources, root)?,
+            None if config.cdrom.is_some()
+                || config.disks.iter().any(|d| d.bus != DiskBus::Virtio) =>
+            {
+                return Err(VmmError::Config(
+                    "IDE disks and CD-ROMs need a kernel or BIOS guest (--kernel, --bios)".into(),
+                ))
+            }
+            None => IdeDevices::default(),
+        };
         if let (Some(rom), Some(root)) = (&bios, &pci) {
             let window = Arc::new(Mutex::new(LegacyWindow::new(
                 slots.clone(),
@@ -236,6 +251,7 @@ impl Vm {
             boot,
             forward_stdin: config.forward_stdin,
             virtio,
+            ide,
             _bios: bios,
             _ram: ram,
         })
@@ -318,6 +334,7 @@ impl Vm {
             signals,
             input,
             virtio: self.virtio,
+            ide: self.ide,
             _kvm: self._kvm,
             _vm_fd: self.vm_fd,
             _slots: self.slots,
@@ -335,6 +352,11 @@ fn firmware_devices(
     memory: &GuestMem,
 ) -> Result<platform::FirmwareDevices> {
     let vcpus = config.vcpus;
+    if f.boot_order.contains(&crate::config::BootDevice::Cdrom) && config.cdrom.is_none() {
+        return Err(VmmError::Config(
+            "--boot d: there is no CD-ROM to boot from (give one with --cdrom FILE)".into(),
+        ));
+    }
     let acpi = config.acpi.then(|| {
         kiln_arch::acpi_loader::loader_files(
             vcpus,
@@ -391,6 +413,7 @@ pub struct RunningVm {
     input: Option<ConsoleInput>,
     // Device threads stop before the VM and guest RAM go away.
     virtio: VirtioDevices,
+    ide: IdeDevices,
     // Dropped last: the VM and its slots outlive the vCPU threads.
     _slots: Arc<Mutex<MemorySlots>>,
     _vm_fd: Arc<VmFd>,
@@ -458,7 +481,8 @@ impl RunningVm {
             h.request_stop();
         }
         let reports: Vec<_> = self.handles.drain(..).map(|h| h.stop()).collect();
-        let device_metrics = self.virtio.shutdown();
+        let mut device_metrics = self.virtio.shutdown();
+        device_metrics.extend(self.ide.metrics());
         self.input = None; // restores the terminal
         lock(&self.serial).flush();
 
