@@ -27,7 +27,9 @@ mod pci;
 mod tests;
 
 pub use channel::IdeChannel;
-pub use pci::{PiixIde, CLASS_IDE_COMPAT_BUSMASTER, DEVICE_PIIX3_IDE, IDETIM_DEFAULT};
+pub use pci::{
+    BusMasterMap, PiixIde, CLASS_IDE_COMPAT_BUSMASTER, DEVICE_PIIX3_IDE, IDETIM_DEFAULT,
+};
 
 use crate::bus::{lock, BusDevice, DeviceAction};
 use std::sync::{Arc, Mutex};
@@ -49,6 +51,8 @@ pub const SECONDARY_IRQ: u32 = 15;
 pub const COMMAND_PORTS: u64 = 8;
 /// Ports in a control block.
 pub const CONTROL_PORTS: u64 = 1;
+/// Ports of the bus-master registers (BAR 4): 8 per channel, primary first.
+pub const BUS_MASTER_PORTS: u64 = 16;
 
 /// What hangs on an IDE position.
 #[derive(Debug)]
