@@ -1,12 +1,14 @@
 //! The ATA hard disk: IDENTIFY DEVICE, PIO reads and writes (LBA28, LBA48 and CHS
-//! addressing, single-sector and MULTIPLE blocks), verify, flush, and the housekeeping
-//! commands drivers send (SET FEATURES, SET MULTIPLE MODE, power management, ...). DMA
-//! commands and anything unknown abort.
+//! addressing, single-sector and MULTIPLE blocks), DMA reads and writes (LBA28 and
+//! LBA48, run by the bus master in `dma`, only on a channel that has one), verify,
+//! flush, and the housekeeping commands drivers send (SET FEATURES, SET MULTIPLE MODE,
+//! power management, ...). Anything unknown aborts.
 
 use super::channel::{
     Geometry, IdeChannel, InNext, Kind, OutNext, Xfer, ABRT, DRDY, DRQ, DSC, IDNF, MAX_MULTIPLE,
     SECTOR, UNC,
 };
+use super::dma::DmaOp;
 
 /// How a command addressed its sectors (errors report the failing sector the same way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +56,11 @@ impl IdeChannel {
             0x34 => self.disk_write(u, true, false),
             0xc5 => self.disk_write(u, false, true),
             0x39 => self.disk_write(u, true, true),
+            // READ DMA (with and without retries), READ DMA EXT, WRITE DMA (EXT).
+            0xc8 | 0xc9 if self.dma_capable() => self.disk_dma(u, false, false),
+            0x25 if self.dma_capable() => self.disk_dma(u, true, false),
+            0xca | 0xcb if self.dma_capable() => self.disk_dma(u, false, true),
+            0x35 if self.dma_capable() => self.disk_dma(u, true, true),
             0x40 | 0x41 => self.disk_verify(u, false),
             0x42 => self.disk_verify(u, true),
             0xc6 => self.set_multiple(u),
@@ -68,20 +75,30 @@ impl IdeChannel {
             // RECALIBRATE; SEEK.
             0xe0..=0xe3 | 0xe6 | 0x94..=0x99 | 0x10..=0x1f | 0x70..=0x7f => self.complete(u),
             0x90 => self.diagnostic(),
-            // DMA (0xc8, 0xca, 0x25, 0x35, ...), NOP, DEVICE RESET, PACKET, IDENTIFY
+            // DMA without a bus master, queued DMA, NOP, DEVICE RESET, PACKET, IDENTIFY
             // PACKET DEVICE and everything else.
             _ => self.fail(u, ABRT),
         }
     }
 
-    /// SET FEATURES: transfer modes (PIO only), write cache, look-ahead and
-    /// revert-to-defaults are accepted; the rest aborts.
+    /// SET FEATURES: transfer modes (PIO; multiword DMA 0-2 and Ultra DMA 0-5 with a bus
+    /// master), write cache, look-ahead and revert-to-defaults are accepted; the rest
+    /// aborts.
     pub(super) fn set_features(&mut self, u: usize, kind: Kind) {
+        let dma = self.dma_capable();
         let d = self.drive(u);
         let (sub, arg) = (d.tf.feature, d.tf.nsector);
         let ok = match sub {
-            // Set transfer mode: PIO default (with or without IORDY) or PIO 0-4.
-            0x03 => matches!(arg, 0x00 | 0x01 | 0x08..=0x0c),
+            // Set transfer mode: PIO default (with or without IORDY) or PIO 0-4, and the
+            // DMA modes IDENTIFY advertises.
+            0x03 => {
+                let ok = matches!(arg, 0x00 | 0x01 | 0x08..=0x0c)
+                    || (dma && matches!(arg, 0x20..=0x22 | 0x40..=0x45));
+                if let Some(dev) = d.dev.as_mut().filter(|_| ok) {
+                    dev.xfer_mode = arg;
+                }
+                ok
+            }
             0x02 | 0x82 if kind == Kind::Disk => {
                 if let Some(dev) = d.dev.as_mut() {
                     dev.write_cache = sub == 0x02;
@@ -193,7 +210,7 @@ impl IdeChannel {
     }
 
     /// Put `lba` into the address registers the way `addr` reads them (error reporting).
-    fn set_address(&mut self, u: usize, lba: u64, addr: Addr) {
+    pub(super) fn set_address(&mut self, u: usize, lba: u64, addr: Addr) {
         let geometry = self.drives[u & 1].dev.as_ref().map(|d| d.geometry);
         let b = lba.to_le_bytes();
         let mut select = self.select;
@@ -329,19 +346,7 @@ impl IdeChannel {
         self.m.sectors_written += u64::from(n);
         let left = run.left.saturating_sub(n);
         if left == 0 {
-            // With the write cache disabled, a write is durable when it completes.
-            let flushed = match self.drive(u).dev.as_mut() {
-                Some(dev) if !dev.write_cache => Some(dev.image.flush()),
-                _ => None,
-            };
-            if let Some(res) = flushed {
-                self.m.flushes += 1;
-                if res.is_err() {
-                    self.m.io_errors += 1;
-                    return self.fail(u, ABRT);
-                }
-            }
-            return self.complete(u);
+            return self.write_finished(u);
         }
         let next = Run {
             lba: run.lba + u64::from(n),
@@ -350,6 +355,62 @@ impl IdeChannel {
         };
         let len = left.min(run.per) as usize * SECTOR as usize;
         self.start_out(u, len, OutNext::AtaWrite(next), true);
+    }
+
+    /// All sectors of a write are in the image: complete (flushing first with the write
+    /// cache disabled, as a write is then durable when it completes).
+    pub(super) fn write_finished(&mut self, u: usize) {
+        let flushed = match self.drive(u).dev.as_mut() {
+            Some(dev) if !dev.write_cache => Some(dev.image.flush()),
+            _ => None,
+        };
+        if let Some(res) = flushed {
+            self.m.flushes += 1;
+            if res.is_err() {
+                self.m.io_errors += 1;
+                return self.fail(u, ABRT);
+            }
+        }
+        self.complete(u)
+    }
+
+    /// READ DMA / WRITE DMA (`write`), LBA28 or LBA48: check the request as the PIO
+    /// commands do, then wait for the bus master.
+    fn disk_dma(&mut self, u: usize, lba48: bool, write: bool) {
+        let (lba, left, addr) = match self.request(u, lba48) {
+            Ok(r) => r,
+            Err(e) => return self.fail(u, e),
+        };
+        let read_only = self
+            .drive(u)
+            .dev
+            .as_ref()
+            .is_none_or(|d| d.image.read_only());
+        if write && read_only {
+            self.m.read_only_rejects += 1;
+            return self.fail(u, ABRT);
+        }
+        let run = Run {
+            lba,
+            left,
+            per: left,
+            addr,
+        };
+        self.start_dma(
+            u,
+            if write {
+                DmaOp::AtaWrite(run)
+            } else {
+                DmaOp::AtaRead(run)
+            },
+        );
+    }
+
+    /// A DMA command's image I/O failed at sector `lba`: report it there and fail as the
+    /// PIO command would (UNC for reads, ABRT for writes).
+    pub(super) fn dma_io_failed(&mut self, u: usize, lba: u64, run: Run, write: bool) {
+        self.set_address(u, lba, run.addr);
+        self.fail(u, if write { ABRT } else { UNC });
     }
 
     fn disk_verify(&mut self, u: usize, lba48: bool) {
@@ -380,6 +441,7 @@ impl IdeChannel {
         w[50] = 0x4000;
         w[51] = 0x0200; // PIO timing mode 2 (obsolete field)
         w[53] = 0x0003; // words 54-58 and 64-70 valid
+        self.dma_words(&mut w, dev.xfer_mode);
         w[54] = cur.cylinders;
         w[55] = u16::from(cur.heads);
         w[56] = u16::from(cur.sectors);
@@ -404,6 +466,27 @@ impl IdeChannel {
             *word = (lba48 >> (16 * i)) as u16;
         }
         to_bytes_with_checksum(&w)
+    }
+}
+
+impl IdeChannel {
+    /// The DMA words of IDENTIFY (PACKET) DEVICE, on a channel with a bus master: DMA
+    /// supported (word 49), word 88 valid (53), multiword DMA 0-2 (63) and Ultra DMA 0-5
+    /// (88) supported, with `mode` (SET FEATURES 03h encoding) marked selected.
+    pub(super) fn dma_words(&self, w: &mut [u16; 256], mode: u8) {
+        if !self.dma_capable() {
+            return;
+        }
+        let n = mode & 0x07;
+        w[49] |= 1 << 8;
+        w[53] |= 1 << 2;
+        w[63] = 0x0007;
+        w[88] = 0x003f;
+        match mode & 0xf8 {
+            0x20 if n <= 2 => w[63] |= 0x100 << n,
+            0x40 if n <= 5 => w[88] |= 0x100 << n,
+            _ => {}
+        }
     }
 }
 

@@ -3,9 +3,14 @@
 //! split by the byte count limit, completion with interrupt reason), and the SCSI/MMC
 //! commands Linux's `sr_mod`, isofs and SeaBIOS send, over a read-only image of
 //! 2048-byte blocks. Failures are CHECK CONDITION with sense data for REQUEST SENSE.
+//!
+//! On a channel with a bus master, PACKET with the DMA feature bit sends the command's
+//! data-in (whatever the PIO path would offer in DRQ blocks: READ data, INQUIRY, MODE
+//! SENSE, ...) through the bus master instead; the packet itself is still written by PIO.
 
 use super::ata::{put_string, to_bytes_with_checksum, FIRMWARE};
 use super::channel::{Device, IdeChannel, InNext, Kind, OutNext, Xfer, ABRT, DRDY, DRQ, DSC, ERR};
+use super::dma::DmaOp;
 
 /// SCSI sense data of a failed packet command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,11 +34,14 @@ const NOT_READY: u8 = 0x02;
 const MEDIUM_ERROR: u8 = 0x03;
 const ILLEGAL_REQUEST: u8 = 0x05;
 const DATA_PROTECT: u8 = 0x07;
+const ABORTED_COMMAND: u8 = 0x0b;
 
 const INVALID_OPCODE: Sense = Sense::new(ILLEGAL_REQUEST, 0x20);
 const LBA_OUT_OF_RANGE: Sense = Sense::new(ILLEGAL_REQUEST, 0x21);
 const INVALID_FIELD: Sense = Sense::new(ILLEGAL_REQUEST, 0x24);
 const SAVING_UNSUPPORTED: Sense = Sense::new(ILLEGAL_REQUEST, 0x39);
+/// A DMA transfer could not reach guest memory (or the PRD table was too short).
+const DATA_PHASE_ERROR: Sense = Sense::new(ABORTED_COMMAND, 0x4b);
 const WRITE_PROTECTED: Sense = Sense::new(DATA_PROTECT, 0x27);
 const NO_MEDIUM: Sense = Sense::new(NOT_READY, 0x3a);
 const READ_ERROR: Sense = Sense::new(MEDIUM_ERROR, 0x11);
@@ -99,19 +107,22 @@ impl IdeChannel {
         }
     }
 
-    /// PACKET: ask for the 12-byte command packet (no interrupt). DMA is not emulated.
+    /// PACKET: ask for the 12-byte command packet (no interrupt). The DMA feature bit
+    /// aborts without a bus master.
     fn packet_command(&mut self, u: usize) {
+        let dma_capable = self.dma_capable();
         let d = self.drive(u);
-        if d.tf.feature & 0x01 != 0 {
+        let dma = d.tf.feature & 0x01 != 0;
+        if dma && !dma_capable {
             return self.fail(u, ABRT);
         }
         let limit = u16::from_le_bytes([d.tf.lcyl, d.tf.hcyl]);
         d.tf.nsector = IR_COD;
-        self.start_out(u, 12, OutNext::Packet { limit }, false);
+        self.start_out(u, 12, OutNext::Packet { limit, dma }, false);
     }
 
-    /// The guest wrote the command packet: run it.
-    pub(super) fn exec_packet(&mut self, u: usize, limit: u16) {
+    /// The guest wrote the command packet: run it, its data going by DMA if `dma`.
+    pub(super) fn exec_packet(&mut self, u: usize, limit: u16, dma: bool) {
         self.m.packets += 1;
         let d = self.drive(u);
         let mut cdb = [0u8; 12];
@@ -128,10 +139,20 @@ impl IdeChannel {
             Ok(Reply::None) => self.atapi_ok(u),
             Ok(Reply::Data(data)) if !data.is_empty() => {
                 let left = data.len() as u64;
-                self.atapi_block(u, AtapiSrc::Memory { data, at: 0 }, left, limit);
+                let src = AtapiSrc::Memory { data, at: 0 };
+                if dma {
+                    self.atapi_dma(u, src, left);
+                } else {
+                    self.atapi_block(u, src, left, limit);
+                }
             }
             Ok(Reply::Image { offset, len }) if len > 0 => {
-                self.atapi_block(u, AtapiSrc::Image { offset }, len, limit);
+                let src = AtapiSrc::Image { offset };
+                if dma {
+                    self.atapi_dma(u, src, len);
+                } else {
+                    self.atapi_block(u, src, len, limit);
+                }
             }
             Ok(_) => self.atapi_ok(u),
         }
@@ -178,6 +199,22 @@ impl IdeChannel {
         self.set_irq(true);
     }
 
+    /// Hand a data phase of `len` (> 0) bytes to the bus master.
+    fn atapi_dma(&mut self, u: usize, src: AtapiSrc, len: u64) {
+        self.drive(u).tf.nsector = IR_IO;
+        self.start_dma(u, DmaOp::AtapiIn { src, len });
+    }
+
+    /// A DMA data phase could not reach guest memory: CHECK CONDITION, ABORTED COMMAND.
+    pub(super) fn atapi_dma_failed(&mut self, u: usize) {
+        self.atapi_check(u, DATA_PHASE_ERROR);
+    }
+
+    /// A DMA data phase could not read the image: CHECK CONDITION, MEDIUM ERROR.
+    pub(super) fn atapi_read_failed(&mut self, u: usize) {
+        self.atapi_check(u, READ_ERROR);
+    }
+
     /// Packet command completed: status, interrupt reason "command complete", interrupt.
     pub(super) fn atapi_ok(&mut self, u: usize) {
         let d = self.drive(u);
@@ -217,6 +254,7 @@ impl IdeChannel {
         w[50] = 0x4000;
         w[51] = 0x0200;
         w[53] = 0x0002; // words 64-70 valid
+        self.dma_words(&mut w, dev.xfer_mode);
         w[64] = 0x0003; // PIO modes 3 and 4
         w[65..=68].fill(120);
         w[80] = 0x00f0;

@@ -3,8 +3,10 @@
 //! (nIEN, SRST, HOB), the interrupt line, and the PIO data stream that moves one DRQ block
 //! at a time between the guest and a device. Command execution lives in `ata` (disks)
 //! and `atapi` (the CD-ROM); this module only routes to them and runs their transfers.
+//! DMA transfers wait here for the bus-master engine (`dma`) that runs them.
 
 use super::atapi::{AtapiSrc, Sense};
+use super::dma::{BusMaster, DmaOp};
 use super::{IdeIrq, IdeMedia};
 use kiln_block::BlockDevice;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,6 +40,9 @@ pub(super) const CTL_HOB: u8 = 0x80;
 pub(super) const SECTOR: u64 = 512;
 /// Largest READ/WRITE MULTIPLE block, in sectors (IDENTIFY word 47).
 pub(super) const MAX_MULTIPLE: u8 = 16;
+/// The transfer mode after power-on (SET FEATURES 03h encoding): Ultra DMA mode 5, as
+/// QEMU's drives report it. Only shown when the channel has a bus-master engine.
+pub(super) const XFER_MODE_DEFAULT: u8 = 0x45;
 
 /// Task-file registers as one device holds them, with the previous value of each for
 /// LBA48 ("HOB").
@@ -108,6 +113,9 @@ pub(super) struct Device {
     pub(super) write_cache: bool,
     /// ATAPI sense data of the last command.
     pub(super) sense: Sense,
+    /// The transfer mode SET FEATURES 03h selected (its sector count value: 00h/01h PIO
+    /// default, 08h|n PIO n, 20h|n multiword DMA n, 40h|n Ultra DMA n).
+    pub(super) xfer_mode: u8,
 }
 
 impl Device {
@@ -126,6 +134,7 @@ impl Device {
             geometry: Geometry::default_for(0),
             write_cache: true,
             sense: Sense::NONE,
+            xfer_mode: XFER_MODE_DEFAULT,
         };
         d.power_on_defaults();
         d
@@ -137,6 +146,7 @@ impl Device {
         self.geometry = Geometry::default_for(self.sectors());
         self.write_cache = true;
         self.sense = Sense::NONE;
+        self.xfer_mode = XFER_MODE_DEFAULT;
     }
 
     /// 512-byte sectors of a disk.
@@ -165,17 +175,20 @@ pub(super) enum InNext {
 pub(super) enum OutNext {
     /// The block holds sectors of an ATA write.
     AtaWrite(super::ata::Run),
-    /// The block is an ATAPI command packet; `limit` is the byte count limit.
-    Packet { limit: u16 },
+    /// The block is an ATAPI command packet; `limit` is the byte count limit, `dma`
+    /// whether the data phase goes through the bus master.
+    Packet { limit: u16, dma: bool },
 }
 
-/// The PIO transfer a device is in.
+/// The transfer a device is in.
 #[derive(Debug, Default)]
 pub(super) enum Xfer {
     #[default]
     None,
     In(InNext),
     Out(OutNext),
+    /// A DMA command waiting for the bus master's start bit.
+    Dma(DmaOp),
 }
 
 /// One position of the channel. A missing device still holds registers (writes reach
@@ -252,6 +265,9 @@ pub(super) struct Metrics {
     pub(super) resets: u64,
     pub(super) irqs: u64,
     pub(super) irq_failures: u64,
+    pub(super) dma_transfers: u64,
+    pub(super) dma_bytes: u64,
+    pub(super) dma_errors: u64,
 }
 
 /// One IDE channel (primary: ports 0x1f0-0x1f7 + 0x3f6, IRQ 14; secondary: 0x170-0x177 +
@@ -272,6 +288,12 @@ pub(super) struct Metrics {
 /// A new command while a transfer is in progress abandons the transfer (data-out blocks
 /// already completed stay written) and runs. Commands to an absent position, and
 /// commands while SRST is held, are ignored.
+///
+/// DMA: once a [`BusMasterIde`](super::BusMasterIde) is built over the channel, its
+/// devices advertise DMA and accept the DMA commands; such a command waits (status DRDY
+/// DRQ, nothing on the data register) until the bus master is started too, then the
+/// whole transfer runs inside that port access and completes like a PIO command (the
+/// interrupt also latches the bus master's interrupt bit).
 #[derive(Debug)]
 pub struct IdeChannel {
     pub(super) drives: [Drive; 2],
@@ -285,6 +307,8 @@ pub struct IdeChannel {
     /// Whether the line is asserted now (pending and not masked by nIEN); an edge is
     /// signalled when it goes up.
     line: bool,
+    /// The bus-master DMA engine, if the controller has one.
+    pub(super) bm: Option<BusMaster>,
     pub(super) m: Metrics,
 }
 
@@ -308,6 +332,7 @@ impl IdeChannel {
             irq,
             irq_pending: false,
             line: false,
+            bm: None,
             m: Metrics::default(),
         };
         ch.reset();
@@ -316,7 +341,7 @@ impl IdeChannel {
 
     /// Hardware reset (the VMM's system reset): both devices return to their power-on
     /// settings and signatures, device 0 is selected, interrupts are enabled and none is
-    /// pending. The images are untouched.
+    /// pending, the bus-master registers (if any) are cleared. The images are untouched.
     pub fn reset(&mut self) {
         for d in &mut self.drives {
             if let Some(dev) = d.dev.as_mut() {
@@ -329,6 +354,9 @@ impl IdeChannel {
         self.control = 0;
         self.irq_pending = false;
         self.line = false;
+        if let Some(bm) = self.bm.as_mut() {
+            bm.reset();
+        }
     }
 
     /// Counters for `--trace-exits` style reports, as (name, value) pairs.
@@ -348,6 +376,9 @@ impl IdeChannel {
             ("resets", m.resets),
             ("irqs", m.irqs),
             ("irq_failures", m.irq_failures),
+            ("dma_transfers", m.dma_transfers),
+            ("dma_bytes", m.dma_bytes),
+            ("dma_errors", m.dma_errors),
         ]
     }
 
@@ -480,15 +511,20 @@ impl IdeChannel {
         }
     }
 
-    /// Raise (or drop) the devices' interrupt condition.
+    /// Raise (or drop) the devices' interrupt condition. A raise that reaches the line
+    /// (nIEN clear) sets the bus master's interrupt bit, even if the line was already up.
     pub(super) fn set_irq(&mut self, pending: bool) {
         self.irq_pending = pending;
+        if pending && self.control & CTL_NIEN == 0 {
+            self.bm_interrupt();
+        }
         self.update_line();
     }
 
     fn update_line(&mut self) {
         let level = self.irq_pending && self.control & CTL_NIEN == 0;
         if level && !self.line {
+            self.bm_interrupt();
             self.m.irqs += 1;
             if self.irq.trigger().is_err() {
                 self.m.irq_failures += 1;
@@ -618,7 +654,7 @@ impl IdeChannel {
                     self.atapi_block(u, src, left, limit);
                 }
             }
-            Xfer::None | Xfer::Out(_) => {}
+            Xfer::None | Xfer::Out(_) | Xfer::Dma(_) => {}
         }
     }
 
@@ -628,8 +664,8 @@ impl IdeChannel {
         d.status &= !DRQ;
         match xfer {
             Xfer::Out(OutNext::AtaWrite(run)) => self.write_block_done(u, run),
-            Xfer::Out(OutNext::Packet { limit }) => self.exec_packet(u, limit),
-            Xfer::None | Xfer::In(_) => {}
+            Xfer::Out(OutNext::Packet { limit, dma }) => self.exec_packet(u, limit, dma),
+            Xfer::None | Xfer::In(_) | Xfer::Dma(_) => {}
         }
         let d = self.drive(u);
         if matches!(d.xfer, Xfer::None) {

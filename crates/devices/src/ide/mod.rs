@@ -1,7 +1,10 @@
 //! An IDE controller compatible with Intel's PIIX3 (82371SB) in ISA compatibility mode:
 //! two channels of legacy ports and edge-triggered ISA interrupts, each with a master and
 //! a slave position holding an ATA hard disk or an ATAPI CD/DVD-ROM, moving data by PIO
-//! only (bus-master DMA is not emulated; the PCI function says so by having no BAR 4).
+//! and, when the VMM adds the bus-master function ([`BusMasterIde`] behind the PCI
+//! function's BAR 4, [`PiixIde::with_bus_master`]), by bus-master DMA straight between
+//! the images and guest memory. Without it the PCI function has no BAR 4 and the devices
+//! advertise no DMA, so guests use PIO.
 //!
 //! Hand-written for Kiln: no maintained Rust crate emulates PIIX IDE or ATAPI for a VMM
 //! (rust-vmm has none, and the emulators that do are C: QEMU, Bochs, SeaBIOS's driver on
@@ -11,22 +14,26 @@
 //!
 //! Layout: [`channel`](IdeChannel) owns the registers, the state machine and the PIO data
 //! stream; `ata` the disk commands; `atapi` the packet protocol and SCSI/MMC commands;
-//! `pci` the PCI function ([`PiixIde`]). [`IdeCommandBlock`] and [`IdeControlBlock`] put
-//! a shared channel on the port bus.
+//! `dma` the bus-master registers and the PRD-table engine ([`BusMasterIde`]); `pci` the
+//! PCI function ([`PiixIde`]). [`IdeCommandBlock`] and [`IdeControlBlock`] put a shared
+//! channel on the port bus.
 //!
 //! The guest is hostile: every register access, command, packet and byte count is
 //! checked; a bad request fails with ATA error status or ATAPI CHECK CONDITION and the
 //! device stays usable. Buffers are bounded (one DRQ block, at most 64 KiB, read from the
-//! image when the guest gets to it).
+//! image when the guest gets to it; DMA moves at most 64 KiB at a time and walks at most
+//! 8192 PRD entries per transfer). Guest memory is reached only through `vm_memory`.
 
 mod ata;
 mod atapi;
 mod channel;
+mod dma;
 mod pci;
 #[cfg(test)]
 mod tests;
 
 pub use channel::IdeChannel;
+pub use dma::BusMasterIde;
 pub use pci::{
     BusMasterMap, PiixIde, CLASS_IDE_COMPAT_BUSMASTER, DEVICE_PIIX3_IDE, IDETIM_DEFAULT,
 };

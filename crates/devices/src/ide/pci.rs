@@ -3,7 +3,7 @@
 //! wires outside PCI). Built with [`PiixIde::new`] it has no bus-master DMA: BAR 4 is
 //! absent, so Linux's `ata_piix` reports "BAR4 is zero, falling back to PIO". Built with
 //! [`PiixIde::with_bus_master`] BAR 4 is an I/O BAR of [`BUS_MASTER_PORTS`] ports for the
-//! bus-master registers (`BusMasterIde`), and the VMM is told
+//! bus-master registers ([`BusMasterIde`](super::BusMasterIde)), and the VMM is told
 //! through a hook where the guest puts it. The IDE timing registers exist so drivers and
 //! firmware can program them; they change nothing here.
 
@@ -94,7 +94,7 @@ impl PiixIde {
     /// `map` is called with `Some(port base)` whenever the guest places BAR 4 at an
     /// address (non-zero, the 16 ports below 64 KiB, and with I/O space decoding enabled
     /// in the command register: bit 0) and with `None` when it moves away or disables
-    /// decoding, so the VMM can (re)insert the `BusMasterIde` on
+    /// decoding, so the VMM can (re)insert the [`BusMasterIde`](super::BusMasterIde) on
     /// its port bus. Calls happen only on changes; a move from one base to another is
     /// `None` then `Some(new base)`. They come from inside the configuration write (so
     /// with this function's lock held by whoever called it).

@@ -7,7 +7,7 @@ use kiln_block::{BlockDevice, Error, Result};
 /// An in-memory image whose accesses touching bytes at or past `fail_from` fail, and
 /// whose flush fails when `fail_flush` is set.
 #[derive(Debug)]
-struct Flaky {
+pub(super) struct Flaky {
     data: Vec<u8>,
     fail_from: u64,
     fail_flush: bool,
@@ -58,7 +58,7 @@ impl BlockDevice for Flaky {
     }
 }
 
-fn flaky(len: usize, fail_from: u64, fail_flush: bool) -> Box<Flaky> {
+pub(super) fn flaky(len: usize, fail_from: u64, fail_flush: bool) -> Box<Flaky> {
     Box::new(Flaky {
         data: pattern(len),
         fail_from,
@@ -66,7 +66,7 @@ fn flaky(len: usize, fail_from: u64, fail_flush: bool) -> Box<Flaky> {
     })
 }
 
-fn metric(r: &Rig, name: &str) -> u64 {
+pub(super) fn metric(r: &Rig, name: &str) -> u64 {
     let m = r.ch.lock().unwrap().metrics();
     m.iter().find(|(k, _)| *k == name).unwrap().1
 }

@@ -3,6 +3,7 @@
 
 mod ata;
 mod atapi;
+mod dma;
 mod errors;
 mod hostile;
 mod pci;
