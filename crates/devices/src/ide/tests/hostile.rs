@@ -5,10 +5,10 @@
 use super::*;
 
 /// xorshift64: deterministic and dependency-free.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -17,17 +17,17 @@ impl Rng {
         x
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
-    fn byte(&mut self) -> u8 {
+    pub(super) fn byte(&mut self) -> u8 {
         self.next() as u8
     }
 }
 
 /// No DRQ block buffer may exceed 64 KiB (allowing for Vec growth).
-fn assert_bounded(r: &Rig) {
+pub(super) fn assert_bounded(r: &Rig) {
     let ch = r.ch.lock().unwrap();
     for d in &ch.drives {
         assert!(d.buf.len() <= 0x10000, "DRQ block of {} bytes", d.buf.len());
@@ -40,7 +40,7 @@ fn assert_bounded(r: &Rig) {
 }
 
 /// After whatever happened, a reset and IDENTIFY (PACKET) DEVICE work on `unit`.
-fn assert_usable(r: &mut Rig, unit: u8, packet: bool) {
+pub(super) fn assert_usable(r: &mut Rig, unit: u8, packet: bool) {
     r.control(0);
     r.srst();
     r.select(unit);
@@ -176,7 +176,7 @@ fn huge_counts_are_served_one_block_at_a_time() {
 }
 
 /// Run whatever data phase the device is in, reading at most `max` bytes (then giving up).
-fn drain(r: &mut Rig, max: usize) {
+pub(super) fn drain(r: &mut Rig, max: usize) {
     let mut moved = 0;
     while r.status() & DRQ != 0 && moved < max {
         if r.inb(2) & 0x03 == 0x01 {

@@ -4,6 +4,7 @@
 mod ata;
 mod atapi;
 mod dma;
+mod dma_hostile;
 mod errors;
 mod hostile;
 mod pci;
