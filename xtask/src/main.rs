@@ -54,7 +54,7 @@ usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output 
             q35 + virtio-blk-pci on the same raw image (--runs defaults to 5)
   bios      the classic workflow through SeaBIOS: the installer CD and the
             installed disk to their userspace markers, Kiln (kiln kvm) vs QEMU
-            -M pc, IDE disk and CD (--runs defaults to 3)
+            -M pc, IDE disk and CD (--runs defaults to 2)
 
   --runs N     measured runs per peer (default 20)
   --warmup N   discarded warm-up runs per peer (default 3)

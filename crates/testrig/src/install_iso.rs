@@ -11,7 +11,8 @@
 //!   system's initramfs from the CD onto it, installs `extlinux` as its boot loader and
 //!   powers off, printing `KILN-INSTALLER: done`.
 //! - Booted from the disk (SeaBIOS -> MBR -> extlinux -> kernel), the installed system's
-//!   initramfs mounts `/dev/sda1` and switches to it; its `/sbin/init` prints
+//!   initramfs mounts `/dev/sda1` (or `/dev/vda1` when the disk is on virtio-blk) and
+//!   switches to it; its `/sbin/init` prints
 //!   [`INSTALLED_MARKER`] and powers off.
 //!
 //! `mke2fs` and `extlinux` are dynamically linked: the installer carries the libraries
@@ -105,9 +106,12 @@ echo "KILN-INSTALLER: done"
 poweroff -f
 "#;
 
-const DISK_INITRD_INIT: &str = r#"wait_for /dev/sda1 || { echo "KILN-DISK-INITRD: no /dev/sda1"; poweroff -f; }
+const DISK_INITRD_INIT: &str = r#"# The installed disk is sda on IDE, or vda when a VMM attaches it as virtio-blk.
+i=0; while [ ! -b /dev/sda1 ] && [ ! -b /dev/vda1 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+root=/dev/sda1; [ -b $root ] || root=/dev/vda1
+[ -b $root ] || { echo "KILN-DISK-INITRD: no /dev/sda1 or /dev/vda1"; poweroff -f; }
 mkdir -p /newroot
-mount -t ext4 /dev/sda1 /newroot || { echo "KILN-DISK-INITRD: cannot mount /dev/sda1"; poweroff -f; }
+mount -t ext4 $root /newroot || { echo "KILN-DISK-INITRD: cannot mount $root"; poweroff -f; }
 mount --move /dev /newroot/dev
 umount /proc /sys
 exec switch_root /newroot /sbin/init
@@ -135,7 +139,7 @@ const INSTALLER_MODULES: [&str; 10] = [
     "sr_mod",
     "isofs",
 ];
-const DISK_MODULES: [&str; 7] = [
+const DISK_MODULES: [&str; 13] = [
     "pvpanic",
     "pvpanic-mmio",
     "scsi_common",
@@ -143,6 +147,12 @@ const DISK_MODULES: [&str; 7] = [
     "libata",
     "ata_piix",
     "sd_mod",
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
 ];
 
 /// Add host program `path` at `dest` with the libraries `ldd` lists, at their paths.
@@ -170,6 +180,7 @@ pub fn installer_iso(art: &Artifacts) -> Result<PathBuf> {
         .ata_modules
         .iter()
         .chain(art.guest_modules.iter())
+        .chain(art.virtio_modules.iter())
         .cloned()
         .collect();
 
@@ -267,10 +278,11 @@ fn which(name: &str) -> Result<PathBuf> {
 mod tests {
     #[test]
     fn modules_lists_are_known_modules() {
-        use crate::artifacts::{ATA_MODULES, GUEST_MODULES};
+        use crate::artifacts::{ATA_MODULES, GUEST_MODULES, VIRTIO_MODULES};
         let known: Vec<&str> = ATA_MODULES
             .iter()
             .chain(GUEST_MODULES.iter())
+            .chain(VIRTIO_MODULES.iter())
             .map(|m| m.rsplit('/').next().unwrap())
             .collect();
         for m in super::INSTALLER_MODULES.iter().chain(&super::DISK_MODULES) {

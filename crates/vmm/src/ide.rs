@@ -3,17 +3,23 @@
 //! ISA interrupts (14 and 15) as KVM irqfds, and the PIIX IDE function on PCI. Built only
 //! when the configuration has an IDE disk or a CD-ROM, so other guests see no controller.
 //!
+//! The bus-master (DMA) registers live behind the PCI function's BAR 4, an I/O BAR the
+//! firmware places: the function tells this module where, and the registers are moved on
+//! the port bus accordingly (through a weak reference: the bus holds the PCI devices).
+//!
 //! Positions follow QEMU: 0 primary master, 1 primary slave, 2 secondary master,
 //! 3 secondary slave; the CD-ROM takes 2; disks without an index take the free
 //! positions in order.
 
 use crate::config::{DiskBus, VmConfig};
 use crate::error::{kvm_err, os_err, Result, VmmError};
+use crate::memory::GuestMem;
 use crate::resources::Resources;
 use kiln_devices::bus::Bus;
 use kiln_devices::ide::{
-    IdeChannel, IdeCommandBlock, IdeControlBlock, IdeIrq, IdeMedia, PiixIde, PRIMARY_COMMAND,
-    PRIMARY_CONTROL, PRIMARY_IRQ, SECONDARY_COMMAND, SECONDARY_CONTROL, SECONDARY_IRQ,
+    BusMasterIde, IdeChannel, IdeCommandBlock, IdeControlBlock, IdeIrq, IdeMedia, PiixIde,
+    BUS_MASTER_PORTS, PRIMARY_COMMAND, PRIMARY_CONTROL, PRIMARY_IRQ, SECONDARY_COMMAND,
+    SECONDARY_CONTROL, SECONDARY_IRQ,
 };
 use kiln_devices::pci::PciRoot;
 use kvm_ioctls::VmFd;
@@ -118,9 +124,10 @@ impl IdeDevices {
     pub fn build(
         config: &VmConfig,
         vm_fd: &VmFd,
-        pio: &mut Bus,
+        pio: &Arc<Bus>,
         res: &mut Resources,
         root: &PciRoot,
+        memory: &GuestMem,
     ) -> Result<IdeDevices> {
         let at = positions(config)?;
         if at.iter().all(Option::is_none) {
@@ -181,8 +188,37 @@ impl IdeDevices {
             .map_err(|e| VmmError::Config(e.to_string()))?;
             me.channels.push(channel);
         }
-        root.add(Arc::new(Mutex::new(PiixIde::new())))
-            .ok_or_else(|| VmmError::Config("no free PCI slot for the IDE controller".into()))?;
+        let bus_master = Arc::new(Mutex::new(BusMasterIde::new(
+            me.channels[0].clone(),
+            me.channels[1].clone(),
+            memory.clone(),
+        )));
+        let bus = Arc::downgrade(pio);
+        let mut placed: Option<u16> = None;
+        let map = move |base: Option<u16>| {
+            let Some(bus) = bus.upgrade() else { return };
+            if let Some(old) = placed.take() {
+                bus.remove(u64::from(old));
+            }
+            if let Some(b) = base {
+                // A guest placing BAR 4 over another device's ports gets no DMA engine.
+                if bus
+                    .insert(
+                        "ide-busmaster",
+                        u64::from(b),
+                        BUS_MASTER_PORTS,
+                        bus_master.clone(),
+                    )
+                    .is_ok()
+                {
+                    placed = Some(b);
+                }
+            }
+        };
+        root.add(Arc::new(Mutex::new(PiixIde::with_bus_master(Box::new(
+            map,
+        )))))
+        .ok_or_else(|| VmmError::Config("no free PCI slot for the IDE controller".into()))?;
         Ok(me)
     }
 

@@ -101,7 +101,7 @@ impl VcpuControl {
 /// What every vCPU thread of a VM shares.
 pub struct VmShared {
     /// Port I/O devices.
-    pub pio: Bus,
+    pub pio: Arc<Bus>,
     /// MMIO devices (PCI BARs come and go while the guest runs).
     pub mmio: Arc<Bus>,
     /// Where the first reason to stop is recorded.

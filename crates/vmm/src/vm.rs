@@ -156,14 +156,16 @@ impl Vm {
                 .transpose()?,
         };
         let Platform {
-            mut pio,
+            pio,
             mmio,
             serial,
             pci,
         } = platform::build(spec, &vm_fd, &mut resources, Box::new(out.clone()))?;
+        // Shared: the IDE controller's bus-master ports move when the guest moves BAR 4.
+        let pio = Arc::new(pio);
         // IDE before virtio: the controller takes the first PCI slot, as on a PC.
         let ide = match &pci {
-            Some(root) => IdeDevices::build(config, &vm_fd, &mut pio, &mut resources, root)?,
+            Some(root) => IdeDevices::build(config, &vm_fd, &pio, &mut resources, root, &memory)?,
             None if config.cdrom.is_some()
                 || config.disks.iter().any(|d| d.bus != DiskBus::Virtio) =>
             {
