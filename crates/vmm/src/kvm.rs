@@ -157,6 +157,29 @@ pub fn open(path: &Path) -> Result<Kvm, PreflightError> {
     Ok(kvm)
 }
 
+/// `_IO(KVMIO, 0x71)`: kvm-ioctls has no wrapper for it.
+const KVM_REINJECT_CONTROL: libc::c_ulong = (kvm_bindings::KVMIO as libc::c_ulong) << 8 | 0x71;
+
+/// Turn off the in-kernel PIT's tick reinjection (QEMU's `lost_tick_policy=discard`):
+/// every period then raises IRQ 0, whether or not the guest acknowledged the last one.
+/// With reinjection on, one tick that is never acknowledged (delivered while the guest
+/// reprograms its PIC and IOAPIC) stops the PIT for good, and a guest that calibrates its
+/// LAPIC timer against the PIT waits for ever. Firmware guests use the PIT that way.
+pub fn pit_discard_lost_ticks(vm: &kvm_ioctls::VmFd) -> std::io::Result<()> {
+    let ctl = kvm_bindings::kvm_reinject_control {
+        pit_reinject: 0,
+        ..Default::default()
+    };
+    // SAFETY: KVM_REINJECT_CONTROL reads one `kvm_reinject_control` from the pointer,
+    // which refers to a live, initialized struct of exactly that type for the call; the
+    // fd is the VM's. The return value is checked.
+    let r = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vm, KVM_REINJECT_CONTROL, &ctl) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn permission_error(path: &Path, meta: &std::fs::Metadata) -> PreflightError {
     let mode = meta.mode();
     let user = name_of("/etc/passwd", meta.uid());
@@ -206,6 +229,11 @@ fn name_of(db: &str, id: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reinject_control_is_kvmio_0x71() {
+        assert_eq!(super::KVM_REINJECT_CONTROL, 0xae71);
+    }
+
     use super::*;
 
     struct FakeKvm {

@@ -135,6 +135,9 @@ impl Vm {
                 ..Default::default()
             };
             vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+            if firmware.is_some() {
+                kvm::pit_discard_lost_ticks(&vm_fd).map_err(os_err("KVM_REINJECT_CONTROL"))?;
+            }
         }
         let mut slots = MemorySlots::new(vm_fd.clone(), kvm.get_nr_memslots());
         let readonly_mem = kvm.check_extension(Cap::ReadonlyMem);
