@@ -126,6 +126,7 @@ impl Device {
             IdeMedia::Disk(i) => (Kind::Disk, i),
             IdeMedia::Cdrom(i) => (Kind::Cdrom, i),
         };
+        let image: Box<dyn BlockDevice> = Box::new(super::readahead::ReadAhead::new(image));
         let mut d = Device {
             kind,
             image,

@@ -29,6 +29,7 @@ mod atapi;
 mod channel;
 mod dma;
 mod pci;
+mod readahead;
 #[cfg(test)]
 mod tests;
 
