@@ -173,8 +173,13 @@ fn add_dynamic(tree: &mut Initramfs, path: &Path, dest: &str) -> Result<()> {
     Ok(())
 }
 
+/// Serializes builds within this process (tests run in parallel threads); separate
+/// processes use separate scratch names and the same atomic rename.
+static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Build (or reuse) the installer ISO for the cloud kernel in `art`.
 pub fn installer_iso(art: &Artifacts) -> Result<PathBuf> {
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let sys = syslinux()?;
     let modules: Vec<PathBuf> = art
         .ata_modules
