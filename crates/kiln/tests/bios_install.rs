@@ -28,8 +28,33 @@ fn which(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} is missing (scripts/setup.sh installs it)"))
 }
 
+/// `text` without terminal escape sequences: SeaBIOS's serial console moves the cursor
+/// (`ESC [ row ; col H`) in the middle of what the BIOS teletype prints.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, then one final byte in '@'..='~'.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            chars.next(); // a two-byte sequence such as ESC c
+        }
+    }
+    out
+}
+
 fn expect(r: &RunResult, status: i32, needles: &[&str]) {
-    let out = r.stdout_text();
+    let out = plain(&r.stdout_text());
     assert_eq!(
         r.status,
         Some(status),
@@ -222,11 +247,20 @@ fn seabios_boots_the_cd_into_isolinux_on_this_kvm() {
     ]);
     r.no_panic();
     assert!(matches!(r.code(), 6 | 0), "{r:#?}");
+    let out = plain(&r.stdout);
     for needle in [
         "SeaBIOS (version",
         "Booting from DVD/CD...",
         "ISOLINUX 6.04",
     ] {
-        assert!(r.stdout.contains(needle), "no {needle:?}: {r:#?}");
+        assert!(out.contains(needle), "no {needle:?}: {r:#?}");
     }
+}
+
+#[test]
+fn escape_sequences_are_stripped() {
+    assert_eq!(
+        plain("KI\x1b[05;02H\x1b[05;03HLN-EXTLINUX\x1bc\x1b[?7l ok"),
+        "KILN-EXTLINUX ok"
+    );
 }

@@ -136,6 +136,10 @@ mod tests {
         assert!(r.read_at(&mut b, u64::MAX - 10).is_err());
         let mut big = vec![0u8; WINDOW + 512];
         r.read_at(&mut big, 512).unwrap();
-        assert_eq!(&big[512..1024], &[0xee; 512], "sector 2, read past the window size");
+        assert_eq!(
+            &big[512..1024],
+            &[0xee; 512],
+            "sector 2, read past the window size"
+        );
     }
 }
