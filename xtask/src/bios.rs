@@ -215,6 +215,15 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             }
             continue;
         };
+        if r.l1_kernel_log.contains("Call Trace") {
+            // The rig's fault: a vCPU thread stuck in L1's nested KVM (L1 soft lockup). Its
+            // time measures the host, not the VMM.
+            notes.push(format!(
+                "{}: left out, L1 reported a soft lockup (the rig's nested-KVM fault) during it",
+                r.name
+            ));
+            continue;
+        }
         match parse(&r.stdout_text()) {
             Some((mark, end)) => {
                 m[p][w][0].push(mark);
