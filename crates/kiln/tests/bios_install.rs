@@ -18,15 +18,6 @@ use kiln_testrig::install_iso::{
     installer_iso, EXTLINUX_SAY, INSTALLED_MARKER, INSTALLER_DONE, ISOLINUX_SAY,
 };
 use kiln_testrig::{Artifacts, Batch, Host, RunResult, RunSpec};
-use std::path::PathBuf;
-
-fn which(name: &str) -> PathBuf {
-    ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-        .iter()
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is missing (scripts/setup.sh installs it)"))
-}
 
 /// `text` without terminal escape sequences: SeaBIOS's serial console moves the cursor
 /// (`ESC [ row ; col H`) in the middle of what the BIOS teletype prints.

@@ -9,6 +9,8 @@
 //! bytes from virtio-rng; hvc0 writes to Kiln's stdout and reads its stdin. One L1 boot
 //! carries it all.
 
+mod common;
+use common::which;
 use kiln_testrig::artifacts::VIRTIO_BLK_MODULES;
 use kiln_testrig::initramfs::guest_initramfs;
 use kiln_testrig::{Artifacts, Batch, Host, RunResult, RunSpec};
@@ -154,16 +156,6 @@ fn ext4_root(dir: &Path, name: &str, id: &str, busybox: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     img
-}
-
-fn which(program: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
-        let p = Path::new(dir).join(program);
-        if p.is_file() {
-            return p.canonicalize().unwrap();
-        }
-    }
-    panic!("{program} is not installed (scripts/setup.sh installs it)");
 }
 
 #[test]

@@ -164,3 +164,15 @@ impl Scratch {
         p.to_str().unwrap().to_string()
     }
 }
+
+/// A host program's canonical path, from the usual system directories (what the rig's
+/// `carry_program` takes); panics naming the program when it is not installed.
+pub fn which(program: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
+        let p = Path::new(dir).join(program);
+        if p.is_file() {
+            return p.canonicalize().unwrap();
+        }
+    }
+    panic!("{program} is not installed (scripts/setup.sh installs it)");
+}
