@@ -18,8 +18,8 @@ use crate::resources::Resources;
 use kiln_devices::bus::Bus;
 use kiln_devices::ide::{
     BusMasterIde, IdeChannel, IdeCommandBlock, IdeControlBlock, IdeIrq, IdeMedia, PiixIde,
-    BUS_MASTER_PORTS, PRIMARY_COMMAND, PRIMARY_CONTROL, PRIMARY_IRQ, SECONDARY_COMMAND,
-    SECONDARY_CONTROL, SECONDARY_IRQ,
+    BUS_MASTER_PORTS, COMMAND_PORTS, CONTROL_PORTS, PRIMARY_COMMAND, PRIMARY_CONTROL, PRIMARY_IRQ,
+    SECONDARY_COMMAND, SECONDARY_CONTROL, SECONDARY_IRQ,
 };
 use kiln_devices::pci::PciRoot;
 use kvm_ioctls::VmFd;
@@ -158,31 +158,38 @@ impl IdeDevices {
         let mut next = || it.next().flatten();
         let mut me = IdeDevices::default();
         let channels = [
-            ("ide0", PRIMARY_COMMAND, PRIMARY_CONTROL, PRIMARY_IRQ),
-            ("ide1", SECONDARY_COMMAND, SECONDARY_CONTROL, SECONDARY_IRQ),
+            (
+                "ide0-cmd",
+                PRIMARY_COMMAND,
+                "ide0-ctl",
+                PRIMARY_CONTROL,
+                PRIMARY_IRQ,
+            ),
+            (
+                "ide1-cmd",
+                SECONDARY_COMMAND,
+                "ide1-ctl",
+                SECONDARY_CONTROL,
+                SECONDARY_IRQ,
+            ),
         ];
-        for (name, command, control, gsi) in channels {
+        for (cmd_name, command, ctl_name, control, gsi) in channels {
             let (master, slave) = (next(), next());
             let channel = Arc::new(Mutex::new(IdeChannel::new(master, slave, irq(vm_fd, gsi)?)));
-            let (cmd_name, ctl_name) = if name == "ide0" {
-                ("ide0-cmd", "ide0-ctl")
-            } else {
-                ("ide1-cmd", "ide1-ctl")
-            };
-            res.reserve_ports(cmd_name, command, 8)?;
+            res.reserve_ports(cmd_name, command, COMMAND_PORTS)?;
             // The data register takes `rep insw`/`rep outsw` strings whole.
             pio.insert_stream(
                 cmd_name,
                 command,
-                8,
+                COMMAND_PORTS,
                 Arc::new(Mutex::new(IdeCommandBlock(channel.clone()))),
             )
             .map_err(|e| VmmError::Config(e.to_string()))?;
-            res.reserve_ports(ctl_name, control, 1)?;
+            res.reserve_ports(ctl_name, control, CONTROL_PORTS)?;
             pio.insert(
                 ctl_name,
                 control,
-                1,
+                CONTROL_PORTS,
                 Arc::new(Mutex::new(IdeControlBlock(channel.clone()))),
             )
             .map_err(|e| VmmError::Config(e.to_string()))?;
