@@ -19,7 +19,7 @@
 //! `ldd` lists for them. The ISO is cached under `target/kiln-artifacts/install-iso/`,
 //! named by a digest of everything in it.
 
-use crate::artifacts::{syslinux, Artifacts};
+use crate::artifacts::{syslinux, Artifacts, VIRTIO_PCI_MODULE_NAMES};
 use crate::initramfs::{add_modules, Initramfs};
 use crate::{artifacts_dir, digest_hex, err, run_tool, Context, Result};
 use std::path::{Path, PathBuf};
@@ -126,8 +126,8 @@ mount -o remount,ro /
 poweroff -f
 "#;
 
-/// The IDE and CD modules each initramfs loads, by name, in order.
-const INSTALLER_MODULES: [&str; 10] = [
+/// The modules both initramfs images load first, in order: pvpanic and the IDE disk.
+const DISK_BASE_MODULES: [&str; 7] = [
     "pvpanic",
     "pvpanic-mmio",
     "scsi_common",
@@ -135,25 +135,9 @@ const INSTALLER_MODULES: [&str; 10] = [
     "libata",
     "ata_piix",
     "sd_mod",
-    "cdrom",
-    "sr_mod",
-    "isofs",
 ];
-const DISK_MODULES: [&str; 13] = [
-    "pvpanic",
-    "pvpanic-mmio",
-    "scsi_common",
-    "scsi_mod",
-    "libata",
-    "ata_piix",
-    "sd_mod",
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_blk",
-];
+/// The installer's extra modules: the CD and its file system.
+const INSTALLER_EXTRA_MODULES: [&str; 3] = ["cdrom", "sr_mod", "isofs"];
 
 /// Add host program `path` at `dest` with the libraries `ldd` lists, at their paths.
 fn add_dynamic(tree: &mut Initramfs, path: &Path, dest: &str) -> Result<()> {
@@ -193,7 +177,11 @@ pub fn installer_iso(art: &Artifacts) -> Result<PathBuf> {
         &art.busybox,
         Some(&format!("{PRELUDE}{INSTALLER_INIT}")),
     )?;
-    add_modules(&mut installer, &modules, &INSTALLER_MODULES)?;
+    add_modules(
+        &mut installer,
+        &modules,
+        &[&DISK_BASE_MODULES[..], &INSTALLER_EXTRA_MODULES].concat(),
+    )?;
     let mke2fs = which("mke2fs")?;
     // Not on PATH: busybox's shell runs its own mke2fs applet for a bare `mke2fs`.
     add_dynamic(&mut installer, &mke2fs, "/opt/kiln/mke2fs")?;
@@ -207,7 +195,17 @@ pub fn installer_iso(art: &Artifacts) -> Result<PathBuf> {
         &art.busybox,
         Some(&format!("{PRELUDE}{DISK_INITRD_INIT}")),
     )?;
-    add_modules(&mut disk_initrd, &modules, &DISK_MODULES)?;
+    add_modules(
+        &mut disk_initrd,
+        &modules,
+        // Also virtio-blk, for a VMM that attaches the installed disk there.
+        &[
+            &DISK_BASE_MODULES[..],
+            &VIRTIO_PCI_MODULE_NAMES,
+            &["virtio_blk"],
+        ]
+        .concat(),
+    )?;
     let disk_initrd = disk_initrd.to_bytes()?;
 
     let read = |p: &Path| std::fs::read(p).ctx(|| format!("reading {}", p.display()));
@@ -290,7 +288,11 @@ mod tests {
             .chain(VIRTIO_MODULES.iter())
             .map(|m| m.rsplit('/').next().unwrap())
             .collect();
-        for m in super::INSTALLER_MODULES.iter().chain(&super::DISK_MODULES) {
+        for m in super::DISK_BASE_MODULES
+            .iter()
+            .chain(&super::INSTALLER_EXTRA_MODULES)
+            .chain(&super::VIRTIO_PCI_MODULE_NAMES)
+        {
             assert!(known.contains(m), "{m}");
         }
     }
