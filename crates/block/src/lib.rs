@@ -8,6 +8,8 @@
 
 mod error;
 mod fileio;
+#[doc(hidden)]
+pub mod fuzz;
 mod open;
 pub mod qcow2;
 pub mod raw;

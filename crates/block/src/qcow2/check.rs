@@ -42,6 +42,11 @@ struct Counter {
 
 impl Counter {
     fn inc(&mut self, r: &mut CheckReport, what: &str, off: u64, len: u64) {
+        self.inc_by(r, what, off, len, 1);
+    }
+
+    /// Count `times` references to every cluster of `len` bytes at `off`.
+    fn inc_by(&mut self, r: &mut CheckReport, what: &str, off: u64, len: u64, times: u64) {
         if len == 0 {
             return;
         }
@@ -53,12 +58,22 @@ impl Counter {
             return;
         }
         for c in off / self.cs..=(off + len - 1) / self.cs {
-            *self.refs.entry(c).or_insert(0) += 1;
+            *self.refs.entry(c).or_insert(0) += times;
         }
     }
 }
 
-/// Walk one L1 table (active or a snapshot's), counting references.
+/// Most bytes of snapshot L1 tables one check reads (a hostile image can list 65536
+/// snapshots with a 32 MiB L1 table each).
+const MAX_SNAPSHOT_L1_BYTES: u64 = 256 << 20;
+
+/// L2 tables still to walk, with how many L1 entries reference each. Every distinct table
+/// is read once however often hostile L1 tables point at it.
+type PendingL2 = HashMap<u64, u64>;
+
+/// Walk one L1 table (active or a snapshot's), counting references. The active table's
+/// L2 tables are walked at once (their entries feed the statistics and the COPIED
+/// checks); repeated and snapshot references go to `pending`, for [`walk_pending`].
 fn walk_l1(
     img: &mut Qcow2,
     c: &mut Counter,
@@ -66,12 +81,12 @@ fn walk_l1(
     l1: &[u64],
     active: bool,
     copied: &mut Vec<(u64, bool, &'static str)>,
+    pending: &mut PendingL2,
 ) -> Result<()> {
     let cs = img.cluster_size;
-    let ext = img.h.extended_l2();
-    let shift = 62 - (img.h.cluster_bits - 8);
     let mut next_contiguous = 0u64;
-    for (i, &l1e) in l1.iter().enumerate() {
+    let mut walked = std::collections::HashSet::new();
+    for &l1e in l1 {
         let l2off = l1e & L1_OFFSET_MASK;
         if l2off == 0 {
             continue;
@@ -90,49 +105,96 @@ fn walk_l1(
         if l2off >= c.file_len {
             continue;
         }
-        let mut buf = vec![0u8; cs as usize];
-        read_full(&img.file, &mut buf, l2off)?;
-        let t = read_be64s(&buf);
-        let step = if ext { 2 } else { 1 };
-        for j in (0..t.len()).step_by(step) {
-            let e = t[j];
-            if e & OFLAG_COMPRESSED != 0 {
-                let offset = e & ((1u64 << shift) - 1);
-                let sectors = ((e >> shift) & ((1u64 << (img.h.cluster_bits - 8)) - 1)) + 1;
-                if e & OFLAG_COPIED != 0 {
-                    r.corruptions += 1;
-                    r.messages.push(format!("ERROR: coffset={offset:#x}: Cluster is compressed and has OFLAG_COPIED set (L1 index {i})"));
-                }
-                c.inc(r, "compressed cluster", offset & !511, sectors * 512);
-                if active {
-                    r.allocated_clusters += 1;
-                    r.compressed_clusters += 1;
-                    r.fragmented_clusters += 1;
-                }
-                continue;
-            }
-            let host = e & L2_OFFSET_MASK;
-            if host == 0 {
-                continue;
-            }
-            if !host.is_multiple_of(cs) {
+        if active && walked.insert(l2off) {
+            let mut stats = ActiveStats {
+                next_contiguous: &mut next_contiguous,
+                copied: &mut *copied,
+            };
+            walk_l2(img, c, r, l2off, 1, Some(&mut stats))?;
+        } else {
+            *pending.entry(l2off).or_insert(0) += 1;
+        }
+    }
+    Ok(())
+}
+
+/// What the active L1 table's walk records beyond references.
+struct ActiveStats<'a> {
+    next_contiguous: &'a mut u64,
+    copied: &'a mut Vec<(u64, bool, &'static str)>,
+}
+
+/// Walk every pending L2 table once, counting its references as often as it is referenced.
+fn walk_pending(
+    img: &mut Qcow2,
+    c: &mut Counter,
+    r: &mut CheckReport,
+    pending: PendingL2,
+) -> Result<()> {
+    let mut tables: Vec<(u64, u64)> = pending.into_iter().collect();
+    tables.sort_unstable();
+    for (l2off, times) in tables {
+        walk_l2(img, c, r, l2off, times, None)?;
+    }
+    Ok(())
+}
+
+/// Count the references of the L2 table at `l2off`, `times` over.
+fn walk_l2(
+    img: &mut Qcow2,
+    c: &mut Counter,
+    r: &mut CheckReport,
+    l2off: u64,
+    times: u64,
+    mut active: Option<&mut ActiveStats<'_>>,
+) -> Result<()> {
+    let cs = img.cluster_size;
+    let ext = img.h.extended_l2();
+    let shift = 62 - (img.h.cluster_bits - 8);
+    let mut buf = vec![0u8; cs as usize];
+    read_full(&img.file, &mut buf, l2off)?;
+    let t = read_be64s(&buf);
+    let step = if ext { 2 } else { 1 };
+    for j in (0..t.len()).step_by(step) {
+        let e = t[j];
+        if e & OFLAG_COMPRESSED != 0 {
+            let offset = e & ((1u64 << shift) - 1);
+            let sectors = ((e >> shift) & ((1u64 << (img.h.cluster_bits - 8)) - 1)) + 1;
+            if e & OFLAG_COPIED != 0 {
                 r.corruptions += 1;
                 r.messages.push(format!(
-                    "ERROR offset={host:#x}: Cluster is not properly aligned; L2 entry corrupted"
+                    "ERROR: coffset={offset:#x}: Cluster is compressed and has OFLAG_COPIED set (L2 table {l2off:#x})"
                 ));
-                continue;
             }
-            let _ = OFLAG_ZERO;
-            if active {
-                copied.push((host, e & OFLAG_COPIED != 0, "data cluster"));
+            c.inc_by(r, "compressed cluster", offset & !511, sectors * 512, times);
+            if active.is_some() {
                 r.allocated_clusters += 1;
-                if next_contiguous != 0 && host != next_contiguous {
-                    r.fragmented_clusters += 1;
-                }
-                next_contiguous = host + cs;
+                r.compressed_clusters += 1;
+                r.fragmented_clusters += 1;
             }
-            c.inc(r, "data cluster", host, cs);
+            continue;
         }
+        let host = e & L2_OFFSET_MASK;
+        if host == 0 {
+            continue;
+        }
+        if !host.is_multiple_of(cs) {
+            r.corruptions += 1;
+            r.messages.push(format!(
+                "ERROR offset={host:#x}: Cluster is not properly aligned; L2 entry corrupted"
+            ));
+            continue;
+        }
+        let _ = OFLAG_ZERO;
+        if let Some(a) = active.as_deref_mut() {
+            a.copied.push((host, e & OFLAG_COPIED != 0, "data cluster"));
+            r.allocated_clusters += 1;
+            if *a.next_contiguous != 0 && host != *a.next_contiguous {
+                r.fragmented_clusters += 1;
+            }
+            *a.next_contiguous = host + cs;
+        }
+        c.inc_by(r, "data cluster", host, cs, times);
     }
     Ok(())
 }
@@ -144,7 +206,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     check_image(&mut img).map_err(|e| e.context(&ctx))
 }
 
-fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
+pub(crate) fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
     let cs = img.cluster_size;
     let mut r = CheckReport {
         total_clusters: img.h.size.div_ceil(cs),
@@ -165,10 +227,12 @@ fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
         u64::from(img.h.l1_size) * 8,
     );
     let mut copied = Vec::new();
-    walk_l1(img, &mut c, &mut r, &l1, true, &mut copied)?;
+    let mut pending = PendingL2::new();
+    walk_l1(img, &mut c, &mut r, &l1, true, &mut copied, &mut pending)?;
     // Internal snapshots: the table and each snapshot's L1 tree.
     let mut at = img.h.snapshots_offset;
     let mut ignore = Vec::new();
+    let mut snapshot_l1_bytes = 0u64;
     let snapshots = if img.h.nb_snapshots > 0 && img.h.snapshots_offset >= flen {
         r.corruptions += 1;
         r.messages
@@ -198,10 +262,28 @@ fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
             r.messages.push("ERROR snapshot L1 table is invalid".into());
             continue;
         }
+        snapshot_l1_bytes += u64::from(sl1_size) * 8;
+        if snapshot_l1_bytes > MAX_SNAPSHOT_L1_BYTES {
+            r.check_errors += 1;
+            r.messages.push(format!(
+                "ERROR the snapshots' L1 tables add up to more than {} MiB; not checking the rest",
+                MAX_SNAPSHOT_L1_BYTES >> 20
+            ));
+            break;
+        }
         let mut buf = vec![0u8; sl1_size as usize * 8];
         read_full(&img.file, &mut buf, sl1_off)?;
-        walk_l1(img, &mut c, &mut r, &read_be64s(&buf), false, &mut ignore)?;
+        walk_l1(
+            img,
+            &mut c,
+            &mut r,
+            &read_be64s(&buf),
+            false,
+            &mut ignore,
+            &mut pending,
+        )?;
     }
+    walk_pending(img, &mut c, &mut r, pending)?;
     if snapshots > 0 {
         c.inc(
             &mut r,

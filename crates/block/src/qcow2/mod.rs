@@ -41,6 +41,9 @@ pub(crate) const OFLAG_COMPRESSED: u64 = 1 << 62;
 /// L2 entry (standard): the cluster reads as zeros.
 pub(crate) const OFLAG_ZERO: u64 = 1;
 
+/// Most lookups one [`BlockDevice::extent`] call makes before it answers.
+const MAX_EXTENT_STEPS: usize = 1 << 16;
+
 /// Where the bytes of a piece of a guest cluster come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mapping {
@@ -110,7 +113,7 @@ impl Qcow2 {
         Self::from_file(file, path, read_only).map_err(|e| e.context(&ctx))
     }
 
-    fn from_file(file: File, path: &Path, read_only: bool) -> Result<Qcow2> {
+    pub(crate) fn from_file(file: File, path: &Path, read_only: bool) -> Result<Qcow2> {
         let mut first = vec![0u8; 4096];
         read_full(&file, &mut first, 0)?;
         // Cluster bits first, so the whole header cluster can be read.
@@ -265,13 +268,15 @@ impl Qcow2 {
     }
 
     /// Decode where guest offset `guest` lives, and for how many bytes from `guest` that
-    /// holds (to the end of its cluster, or subcluster with extended L2).
+    /// holds (to the end of its cluster, or subcluster with extended L2; without an L2
+    /// table, to the end of the range that table would cover).
     pub(crate) fn lookup(&mut self, guest: u64) -> Result<(Mapping, u64)> {
         let cs = self.cluster_size;
         let in_cluster = guest % cs;
         let to_cluster_end = cs - in_cluster;
         let Some((e, bitmap)) = self.l2_entry(guest)? else {
-            return Ok((Mapping::Unallocated, to_cluster_end));
+            let span = self.h.l2_entries() * cs;
+            return Ok((Mapping::Unallocated, span - guest % span));
         };
         if e & OFLAG_COMPRESSED != 0 {
             let shift = 62 - (self.h.cluster_bits - 8);
@@ -455,14 +460,20 @@ impl BlockDevice for Qcow2 {
         check_range(offset, len, self.h.size)?;
         let mut done = 0;
         let mut kind = None;
-        while done < len {
-            let (m, n) = self.lookup(offset + done)?;
+        // A bounded walk: a hostile image can make every lookup a one-cluster step over
+        // an exabyte; the caller asks again from where this answer ends.
+        let mut steps = 0;
+        while done < len && steps < MAX_EXTENT_STEPS {
+            steps += 1;
+            let (m, mut n) = self.lookup(offset + done)?;
             let k = match m {
                 Mapping::Unallocated => {
                     let bsize = self.backing.as_ref().map_or(0, |b| b.size());
                     if offset + done >= bsize {
                         Extent::Zero
                     } else {
+                        // The part past the backing file's end reads as zeros.
+                        n = n.min(bsize - (offset + done));
                         Extent::Backing
                     }
                 }
