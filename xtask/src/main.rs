@@ -13,9 +13,12 @@
 //! virtualization); see `linux`. `cargo xtask bench io` measures virtio-blk throughput in
 //! the same way against QEMU q35; see `io`. `cargo xtask bench bios` times the classic
 //! BIOS workflow (installer CD, installed disk) against QEMU `-M pc`; see `bios`.
+//! `cargo xtask bench img` measures `kiln img` against `qemu-img` (I/O and convert); see
+//! `img`.
 
 mod bench;
 mod bios;
+mod img;
 mod io;
 mod io_scripts;
 mod linux;
@@ -40,6 +43,7 @@ usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output 
        cargo xtask bench linux [--runs N] [--kiln PATH]
        cargo xtask bench io [--runs N] [--kiln PATH]
        cargo xtask bench bios [--runs N] [--kiln PATH]
+       cargo xtask bench img [--runs N] [--kiln PATH] [--dir DIR]
 
   startup   wall time from process start to the tiny guest's exit, and to the
             first KVM_RUN (under strace), Kiln vs qemu-system-x86_64 -M microvm
@@ -55,6 +59,10 @@ usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output 
   bios      the classic workflow through SeaBIOS: the installer CD and the
             installed disk to their userspace markers, Kiln (kiln kvm) vs QEMU
             -M pc, IDE disk and CD (--runs defaults to 2)
+  img       disk images: kiln img bench vs qemu-img bench (sequential and
+            random reads, overwrites and allocating writes on raw and qcow2)
+            and convert of a 1 GiB image; files in target/kiln-bench-img
+            unless --dir (--runs defaults to 5)
 
   --runs N     measured runs per peer (default 20)
   --warmup N   discarded warm-up runs per peer (default 3)
@@ -171,6 +179,9 @@ fn bench(args: &[String]) -> Result<()> {
     }
     if args.first().map(String::as_str) == Some("io") {
         return io::bench(&workspace_root(), &args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("img") {
+        return img::bench(&workspace_root(), &args[1..]);
     }
     if args.first().map(String::as_str) == Some("bios") {
         return bios::bench(&workspace_root(), &args[1..]);

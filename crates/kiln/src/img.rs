@@ -1,9 +1,10 @@
-//! `kiln img`: the disk-image tool (create, info, check, convert, read, write), in the
+//! `kiln img`: the disk-image tool (create, info, check, convert, bench, read, write), in the
 //! spirit of `qemu-img` and with its option names, on the `kiln-block` crate.
 //!
 //! Exit statuses: 0 success, 1 error (one line on stderr), and for `check` 2 (corruptions)
 //! or 3 (leaked clusters only), as qemu-img.
 
+mod bench;
 mod check;
 mod create;
 mod info;
@@ -83,6 +84,47 @@ pub enum ImgCommand {
         src: PathBuf,
         /// Output image (created or overwritten).
         dst: PathBuf,
+    },
+    /// Time COUNT reads (or writes with -w) of BUFFER_SIZE bytes, as `qemu-img bench`.
+    ///
+    /// The offset starts at -o and advances by -S (default: the buffer size), wrapping at
+    /// the end of the image. Requests run one at a time (-d is accepted and reported).
+    Bench {
+        /// Image format (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Cache mode: writeback (default), writethrough (flush after every write) or unsafe.
+        #[arg(short = 't', long = "cache", default_value = "writeback")]
+        cache: String,
+        /// Number of requests.
+        #[arg(short = 'c', long = "count", default_value_t = 75000)]
+        count: u64,
+        /// Requests in parallel (accepted for compatibility; Kiln runs them in turn).
+        #[arg(short = 'd', long = "depth", default_value_t = 64)]
+        depth: u64,
+        /// Offset of the first request.
+        #[arg(short = 'o', long = "offset", default_value = "0")]
+        offset: String,
+        /// Bytes per request.
+        #[arg(short = 's', long = "buffer-size", default_value = "4k")]
+        buffer_size: String,
+        /// Offset increment between requests (default: the buffer size).
+        #[arg(short = 'S', long = "step-size")]
+        step: Option<String>,
+        /// Write instead of read.
+        #[arg(short = 'w', long = "write")]
+        write: bool,
+        /// Byte written by -w (default 0xa5).
+        #[arg(long, value_parser = parse_byte, default_value = "0xa5")]
+        pattern: u8,
+        /// Flush after every INTERVAL writes.
+        #[arg(long = "flush-interval")]
+        flush_interval: Option<u64>,
+        /// Print nothing.
+        #[arg(short = 'q', long = "quiet")]
+        quiet: bool,
+        /// The image.
+        file: PathBuf,
     },
     /// Write LENGTH bytes of the guest view at OFFSET to stdout.
     Read {
@@ -164,6 +206,33 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             progress,
             src: &src,
             dst: &dst,
+        }),
+        ImgCommand::Bench {
+            format,
+            cache,
+            count,
+            depth,
+            offset,
+            buffer_size,
+            step,
+            write,
+            pattern,
+            flush_interval,
+            quiet,
+            file,
+        } => bench::bench(bench::BenchArgs {
+            format: format.as_deref(),
+            cache: &cache,
+            count,
+            depth,
+            offset: &offset,
+            buffer_size: &buffer_size,
+            step: step.as_deref(),
+            write,
+            pattern,
+            flush_interval,
+            quiet,
+            file: &file,
         }),
         ImgCommand::Read {
             format,

@@ -1,0 +1,424 @@
+//! `cargo xtask bench img [--runs N] [--kiln PATH] [--dir DIR]`: the disk-image layer,
+//! `kiln img` vs `qemu-img` on the same files in the same run.
+//!
+//! I/O: `kiln img bench` and `qemu-img bench` (same options: buffer size, count, step,
+//! depth 1, cache writeback) on a 1 GiB raw image and a fully allocated 1 GiB qcow2
+//! image made from it: sequential 64 KiB reads and overwrites, and 4 KiB "random" reads and
+//! overwrites (a step of 7919 blocks wraps around the image and touches the blocks in a
+//! scattered order, the same for both tools since qemu-img bench has no random mode);
+//! allocating writes into a fresh empty qcow2 image per run. The times are each tool's own
+//! "Run completed in" (the request loop; the flush on close is not included, for either).
+//! Files stay in the page cache: this measures the format layer's cost, not the disk.
+//!
+//! Convert: a 1 GiB raw image (three quarters data, one quarter zeros) to qcow2 and that
+//! qcow2 back to raw, wall time of `kiln img convert` vs `qemu-img convert -t writeback`
+//! (qemu-img's default output cache mode `unsafe` skips the final fsync that Kiln's
+//! convert does; writeback makes both durable at exit).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::report::{self, Row, Section, Target};
+
+const SIZE: u64 = 1 << 30;
+/// Blocks skipped per "random" request: prime, so the walk visits every block once.
+const RANDOM_STRIDE_BLOCKS: u64 = 7919;
+
+/// One I/O case: which file, read or write, buffer and step, and how many requests.
+struct Case {
+    label: &'static str,
+    file: &'static str,
+    write: bool,
+    buffer: u64,
+    step: u64,
+    count: u64,
+    /// Recreate the (empty qcow2) file before every run.
+    fresh: bool,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        label: "raw: sequential 64 KiB read (s)",
+        file: "data.raw",
+        write: false,
+        buffer: 65536,
+        step: 65536,
+        count: 16384,
+        fresh: false,
+    },
+    Case {
+        label: "qcow2: sequential 64 KiB read (s)",
+        file: "data.qcow2",
+        write: false,
+        buffer: 65536,
+        step: 65536,
+        count: 16384,
+        fresh: false,
+    },
+    Case {
+        label: "raw: random 4 KiB read (s)",
+        file: "data.raw",
+        write: false,
+        buffer: 4096,
+        step: 4096 * RANDOM_STRIDE_BLOCKS,
+        count: 65536,
+        fresh: false,
+    },
+    Case {
+        label: "qcow2: random 4 KiB read (s)",
+        file: "data.qcow2",
+        write: false,
+        buffer: 4096,
+        step: 4096 * RANDOM_STRIDE_BLOCKS,
+        count: 65536,
+        fresh: false,
+    },
+    Case {
+        label: "raw: sequential 64 KiB overwrite (s)",
+        file: "data.raw",
+        write: true,
+        buffer: 65536,
+        step: 65536,
+        count: 16384,
+        fresh: false,
+    },
+    Case {
+        label: "qcow2: sequential 64 KiB overwrite (s)",
+        file: "data.qcow2",
+        write: true,
+        buffer: 65536,
+        step: 65536,
+        count: 16384,
+        fresh: false,
+    },
+    Case {
+        label: "raw: random 4 KiB overwrite (s)",
+        file: "data.raw",
+        write: true,
+        buffer: 4096,
+        step: 4096 * RANDOM_STRIDE_BLOCKS,
+        count: 65536,
+        fresh: false,
+    },
+    Case {
+        label: "qcow2: random 4 KiB overwrite (s)",
+        file: "data.qcow2",
+        write: true,
+        buffer: 4096,
+        step: 4096 * RANDOM_STRIDE_BLOCKS,
+        count: 65536,
+        fresh: false,
+    },
+    Case {
+        label: "qcow2: sequential 64 KiB allocating write (s)",
+        file: "empty.qcow2",
+        write: true,
+        buffer: 65536,
+        step: 65536,
+        count: 16384,
+        fresh: true,
+    },
+    Case {
+        label: "qcow2: random 4 KiB allocating write (s)",
+        file: "empty.qcow2",
+        write: true,
+        buffer: 4096,
+        step: 4096 * RANDOM_STRIDE_BLOCKS,
+        count: 65536,
+        fresh: true,
+    },
+];
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The seconds in "Run completed in X seconds." (both tools print it).
+fn completed(out: &str) -> Result<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Run completed in "))
+        .and_then(|v| v.trim_end_matches(" seconds.").parse().ok())
+        .with_context(|| format!("no 'Run completed in' line in: {out}"))
+}
+
+/// Deterministic data: three quarters pseudo-random, every fourth MiB zeros.
+fn make_source(path: &Path) -> Result<()> {
+    let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for mib in 0..SIZE >> 20 {
+        if mib % 4 == 3 {
+            buf.fill(0);
+        } else {
+            for c in buf.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        f.write_all(&buf)?;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Run the benchmark and print its Markdown section.
+pub fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let (mut runs, mut kiln_arg, mut dir_arg) = (5usize, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => runs = it.next().context("--runs needs a number")?.parse()?,
+            "--kiln" => kiln_arg = Some(it.next().context("--kiln needs a path")?.clone()),
+            "--dir" => dir_arg = Some(PathBuf::from(it.next().context("--dir needs a path")?)),
+            other => bail!("unknown option '{other}' for bench img"),
+        }
+    }
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let qemu_img = crate::linux::which("qemu-img")
+        .context("qemu-img is not installed: run `bash scripts/setup.sh bench`")?;
+    let kiln = match kiln_arg {
+        Some(k) => std::path::absolute(k).context("resolving --kiln")?,
+        None => crate::build_kiln(root)?,
+    };
+    let dir = dir_arg.unwrap_or_else(|| root.join("target/kiln-bench-img"));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let p = |name: &str| dir.join(name);
+    let s = |path: &Path| path.to_string_lossy().into_owned();
+
+    eprintln!(
+        "[img] making the 1 GiB source and its qcow2 copy in {}",
+        dir.display()
+    );
+    make_source(&p("source.raw"))?;
+    let kiln_cmd = || Command::new(&kiln);
+    let qemu_cmd = || Command::new(&qemu_img);
+    let fresh = |name: &str| -> Result<()> {
+        let _ = fs::remove_file(p(name));
+        run(qemu_cmd().args(["create", "-q", "-f", "qcow2", &s(&p(name)), "1G"]))?;
+        Ok(())
+    };
+    let reset_data = || -> Result<()> {
+        fs::copy(p("source.raw"), p("data.raw")).context("copying the source")?;
+        let _ = fs::remove_file(p("data.qcow2"));
+        // Every cluster allocated (no zero clusters): -S 0 writes zeros as data.
+        run(qemu_cmd().args([
+            "convert",
+            "-q",
+            "-S",
+            "0",
+            "-O",
+            "qcow2",
+            &s(&p("source.raw")),
+            &s(&p("data.qcow2")),
+        ]))?;
+        Ok(())
+    };
+    reset_data()?;
+
+    let mut rows = Vec::new();
+    for case in CASES {
+        let (mut k, mut q) = (Vec::new(), Vec::new());
+        for r in 0..runs {
+            for (peer, samples) in [("kiln", &mut k), ("qemu", &mut q)] {
+                if case.fresh {
+                    fresh(case.file)?;
+                }
+                let file = s(&p(case.file));
+                let (c, b, st) = (
+                    case.count.to_string(),
+                    case.buffer.to_string(),
+                    case.step.to_string(),
+                );
+                let mut args = vec![
+                    "bench",
+                    "-t",
+                    "writeback",
+                    "-d",
+                    "1",
+                    "-c",
+                    &c,
+                    "-s",
+                    &b,
+                    "-S",
+                    &st,
+                ];
+                if case.write {
+                    args.push("-w");
+                }
+                let fmt = if case.file.ends_with(".raw") {
+                    "raw"
+                } else {
+                    "qcow2"
+                };
+                args.extend(["-f", fmt, &file]);
+                let out = match peer {
+                    "kiln" => run(kiln_cmd().arg("img").args(&args))?,
+                    _ => run(qemu_cmd().args(&args))?,
+                };
+                samples.push(completed(&out)?);
+            }
+            eprintln!(
+                "[img] {} run {}: kiln {:.3} s, qemu {:.3} s",
+                case.label,
+                r + 1,
+                k[r],
+                q[r]
+            );
+        }
+        rows.push(Row {
+            label: case.label.into(),
+            kiln: k,
+            qemu: q,
+        });
+    }
+    // The writes changed data.*: not used again, but leave clean files behind.
+    reset_data()?;
+
+    for (label, from, to, fmt) in [
+        (
+            "convert 1 GiB raw to qcow2 (s)",
+            "source.raw",
+            "out.qcow2",
+            "qcow2",
+        ),
+        (
+            "convert 1 GiB qcow2 to raw (s)",
+            "data.qcow2",
+            "out.raw",
+            "raw",
+        ),
+    ] {
+        let (mut k, mut q) = (Vec::new(), Vec::new());
+        for r in 0..runs {
+            for peer in ["kiln", "qemu"] {
+                let _ = fs::remove_file(p(to));
+                let (src, dst) = (s(&p(from)), s(&p(to)));
+                let mut cmd = match peer {
+                    "kiln" => {
+                        let mut c = kiln_cmd();
+                        c.args(["img", "convert", "-O", fmt, &src, &dst]);
+                        c
+                    }
+                    _ => {
+                        let mut c = qemu_cmd();
+                        c.args(["convert", "-t", "writeback", "-O", fmt, &src, &dst]);
+                        c
+                    }
+                };
+                let t = Instant::now();
+                run(&mut cmd)?;
+                let secs = t.elapsed().as_secs_f64();
+                if peer == "kiln" {
+                    k.push(secs)
+                } else {
+                    q.push(secs)
+                }
+            }
+            eprintln!(
+                "[img] {label} run {}: kiln {:.3} s, qemu {:.3} s",
+                r + 1,
+                k[r],
+                q[r]
+            );
+        }
+        // Both outputs must hold the source's data.
+        run(qemu_cmd().args(["compare", "-q", &s(&p(from)), &s(&p(to))]))
+            .with_context(|| format!("{label}: output differs from the source"))?;
+        rows.push(Row {
+            label: label.into(),
+            kiln: k,
+            qemu: q,
+        });
+    }
+    for f in ["out.qcow2", "out.raw", "empty.qcow2"] {
+        let _ = fs::remove_file(p(f));
+    }
+
+    let median = |label: &str, kiln: bool| -> f64 {
+        let r = rows.iter().find(|r| r.label == label).expect("row exists");
+        report::stats(if kiln { &r.kiln } else { &r.qemu }).map_or(f64::NAN, |s| s.median)
+    };
+    let mut targets = Vec::new();
+    for (what, raw, qcow) in [
+        (
+            "sequential read",
+            "raw: sequential 64 KiB read (s)",
+            "qcow2: sequential 64 KiB read (s)",
+        ),
+        (
+            "random read",
+            "raw: random 4 KiB read (s)",
+            "qcow2: random 4 KiB read (s)",
+        ),
+        (
+            "sequential overwrite",
+            "raw: sequential 64 KiB overwrite (s)",
+            "qcow2: sequential 64 KiB overwrite (s)",
+        ),
+        (
+            "random overwrite",
+            "raw: random 4 KiB overwrite (s)",
+            "qcow2: random 4 KiB overwrite (s)",
+        ),
+    ] {
+        let r = median(qcow, true) / median(raw, true);
+        targets.push(Target {
+            text: format!("Kiln qcow2 {what} within 10% of Kiln raw (qcow2/raw {r:.2})"),
+            met: r <= 1.10,
+        });
+    }
+    for label in [
+        "qcow2: sequential 64 KiB allocating write (s)",
+        "qcow2: random 4 KiB allocating write (s)",
+        "convert 1 GiB raw to qcow2 (s)",
+        "convert 1 GiB qcow2 to raw (s)",
+    ] {
+        let r = median(label, true) / median(label, false);
+        let what = label.trim_end_matches(" (s)");
+        targets.push(Target {
+            text: format!("{what}: Kiln no slower than QEMU (ratio {r:.2})"),
+            met: r <= 1.0,
+        });
+    }
+    let section = Section {
+        title: "Disk images: kiln img vs qemu-img (lower is better)".into(),
+        runs: format!("{runs} runs per tool and case, alternating Kiln and QEMU"),
+        commands: vec![
+            ("Kiln, I/O".into(), "kiln img bench -t writeback -d 1 -c COUNT -s SIZE -S STEP [-w] -f FMT FILE".into()),
+            ("QEMU, I/O".into(), "qemu-img bench -t writeback -d 1 -c COUNT -s SIZE -S STEP [-w] -f FMT FILE".into()),
+            ("Kiln, convert".into(), "kiln img convert -O FMT SRC DST".into()),
+            ("QEMU, convert".into(), "qemu-img convert -t writeback -O FMT SRC DST".into()),
+        ],
+        rows,
+        targets,
+        notes: vec![
+            format!(
+                "1 GiB images in {} (page cache warm): sequential cases 16384 x 64 KiB, random cases 65536 x 4 KiB with a step of {RANDOM_STRIDE_BLOCKS} blocks",
+                dir.display()
+            ),
+            format!("load average at the end: {}", report::load_average()),
+        ],
+    };
+    print!(
+        "{}",
+        report::markdown(&report::Machine::detect(root), &[section])
+    );
+    Ok(())
+}
