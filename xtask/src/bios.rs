@@ -152,7 +152,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         RunSpec::new(&name, args)
             .program("/bin/sh")
             .file("iso", iso.as_path())
-            .timeout_secs(900)
+            .timeout_secs(300)
     };
     let create = |name: String, with: &str| {
         let cmd = match with {
