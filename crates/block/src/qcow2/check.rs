@@ -65,7 +65,7 @@ fn walk_l1(
     r: &mut CheckReport,
     l1: &[u64],
     active: bool,
-    copied: &mut Vec<(u64, bool, &'static str)>,
+    copied: &mut Vec<(u64, bool, Option<usize>, u64)>,
 ) -> Result<()> {
     let cs = img.cluster_size;
     let ext = img.h.extended_l2();
@@ -84,7 +84,7 @@ fn walk_l1(
             continue;
         }
         if active {
-            copied.push((l2off, l1e & OFLAG_COPIED != 0, "L2 cluster"));
+            copied.push((l2off, l1e & OFLAG_COPIED != 0, Some(i), l1e));
         }
         c.inc(r, "L2 table", l2off, cs);
         if l2off >= c.file_len {
@@ -124,7 +124,7 @@ fn walk_l1(
             }
             let _ = OFLAG_ZERO;
             if active {
-                copied.push((host, e & OFLAG_COPIED != 0, "data cluster"));
+                copied.push((host, e & OFLAG_COPIED != 0, None, e));
                 r.allocated_clusters += 1;
                 if next_contiguous != 0 && host != next_contiguous {
                     r.fragmented_clusters += 1;
@@ -269,13 +269,19 @@ fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
             }
         }
     }
-    for (off, flag, what) in copied {
+    for (off, flag, l1_index, entry) in copied {
         let rc = img.refcount(off / cs)?;
         if (rc == 1) != flag {
             r.corruptions += 1;
-            r.messages.push(format!(
-                "ERROR OFLAG_COPIED {what}: offset={off:#x} refcount={rc}"
-            ));
+            // qemu-img's wording.
+            r.messages.push(match l1_index {
+                Some(i) => format!(
+                    "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={entry:x} refcount={rc}"
+                ),
+                None => {
+                    format!("ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}")
+                }
+            });
         }
     }
     r.image_end_offset = highest * cs;
