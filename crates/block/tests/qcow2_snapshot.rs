@@ -443,3 +443,84 @@ fn hostile_snapshot_tables_give_clear_errors_never_panics() {
         assert!(e.contains(needle), "{what}: {e}");
     }
 }
+
+#[test]
+fn copied_flag_mismatches_are_reported_like_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("c.qcow2");
+    qemu("qemu-img", &["create", "-f", "qcow2", s(&img), "1M"]);
+    qemu("qemu-io", &["-c", "write -P 3 0 100k", s(&img)]);
+    rw(&img).snapshot_create("a").unwrap();
+    both_clean(&img, "fresh snapshot");
+    // Set COPIED on the shared L2 table's L1 entry and its first data entry.
+    let l1 = be64_at(&img, 40);
+    let l1e = be64_at(&img, l1 as usize);
+    poke(&img, l1, &(l1e | 1 << 63).to_be_bytes());
+    let l2 = l1e & 0x00ff_ffff_ffff_fe00;
+    let l2e = be64_at(&img, l2 as usize);
+    poke(&img, l2, &(l2e | 1 << 63).to_be_bytes());
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", s(&img)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let theirs: Vec<String> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let r = qcow2::check::check(&img).unwrap();
+    assert_eq!(r.corruptions, 2);
+    assert_eq!(r.messages, theirs);
+}
+
+#[test]
+fn empty_and_extended_l2_images_take_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = d.join("zero.qcow2");
+    qemu("qemu-img", &["create", "-f", "qcow2", s(&img), "0"]);
+    let mut dev = rw(&img);
+    dev.snapshot_create("a").unwrap();
+    dev.snapshot_create("b").unwrap();
+    dev.snapshot_apply(0).unwrap();
+    dev.snapshot_delete(1).unwrap();
+    drop(dev);
+    both_clean(&img, "zero-size image");
+    assert_eq!(qemu_tags(&img), ["a"]);
+
+    let img = d.join("ext.qcow2");
+    qemu(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            s(&img),
+            "4M",
+        ],
+    );
+    qemu(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 3 0 100k",
+            "-c",
+            "write -c -P 4 1M 64k",
+            s(&img),
+        ],
+    );
+    let first = qemu_raw(d, &img);
+    rw(&img).snapshot_create("a").unwrap();
+    qemu("qemu-io", &["-c", "write -P 5 10k 10k", s(&img)]);
+    both_clean(&img, "extended L2 with a snapshot");
+    assert_same(&qemu_view_of(d, &img, "a"), &first, "extended L2 snapshot");
+    let mut dev = rw(&img);
+    dev.snapshot_apply(0).unwrap();
+    assert_same(&read_all(&mut dev), &first, "extended L2 applied");
+    dev.snapshot_delete(0).unwrap();
+    drop(dev);
+    both_clean(&img, "extended L2 after delete");
+}
