@@ -190,3 +190,43 @@ fn create_apply_delete_round_trip_through_qemu_img() {
     r.expect_code(0);
     assert_eq!(r.stdout, "");
 }
+
+#[test]
+fn old_entries_without_icount_and_with_vm_state_list_like_qemu_img() {
+    let s = Scratch::new();
+    let img = s.dir.path().join("v2.qcow2").to_str().unwrap().to_string();
+    qemu_img(&["create", "-f", "qcow2", "-o", "compat=0.10", &img, "1M"]);
+    qemu_img(&["snapshot", "-c", "a-very-long-snapshot-name", &img]);
+    // Rewrite the entry as an older QEMU would: 16 bytes of extra data (no icount), with
+    // a VM state and a guest clock.
+    let mut f = std::fs::read(&img).unwrap();
+    let be = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap());
+    let off = be(&f[64..72]) as usize;
+    let e = f[off..off + 40].to_vec();
+    let xs = u32::from_be_bytes(e[36..40].try_into().unwrap()) as usize;
+    let idl = u16::from_be_bytes([e[12], e[13]]) as usize;
+    let nl = u16::from_be_bytes([e[14], e[15]]) as usize;
+    let names = f[off + 40 + xs..off + 40 + xs + idl + nl].to_vec();
+    let mut new = e[..24].to_vec();
+    new.extend_from_slice(&3_725_500_000_000u64.to_be_bytes());
+    new.extend_from_slice(&5000u32.to_be_bytes());
+    new.extend_from_slice(&16u32.to_be_bytes());
+    new.extend_from_slice(&5000u64.to_be_bytes());
+    new.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    new.extend_from_slice(&names);
+    new.extend_from_slice(&[0; 8]);
+    f[off..off + new.len()].copy_from_slice(&new);
+    std::fs::write(&img, f).unwrap();
+    let r = run(&["img", "snapshot", "-l", &img]);
+    r.expect_code(0);
+    assert_eq!(r.stdout, qemu_img(&["snapshot", "-l", &img]));
+    assert!(
+        r.stdout.contains("0001:02:05.500         --"),
+        "{}",
+        r.stdout
+    );
+    let ours = json(&run(&["img", "info", "--output", "json", &img]).stdout);
+    let theirs = json(&qemu_img(&["info", "--output", "json", &img]));
+    assert_eq!(ours["snapshots"], theirs["snapshots"]);
+    assert!(ours["snapshots"][0].get("icount").is_none());
+}
