@@ -147,8 +147,9 @@ fn create_apply_delete_round_trip_through_qemu_img() {
     assert_eq!(
         Command::new("qemu-img")
             .args(["check", &img])
-            .status()
+            .output()
             .unwrap()
+            .status
             .code(),
         Some(0)
     );
@@ -174,8 +175,9 @@ fn create_apply_delete_round_trip_through_qemu_img() {
     assert_eq!(
         Command::new("qemu-img")
             .args(["check", &img])
-            .status()
+            .output()
             .unwrap()
+            .status
             .code(),
         Some(0)
     );
