@@ -126,6 +126,9 @@ pub enum ImgCommand {
         /// Output format for the list: human or json.
         #[arg(long, default_value = "human")]
         output: String,
+        /// Quiet (accepted for qemu-img compatibility; success prints nothing anyway).
+        #[arg(short = 'q')]
+        quiet: bool,
         /// The image.
         file: PathBuf,
     },
@@ -205,6 +208,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             delete,
             format,
             output,
+            quiet: _,
             file,
         } => {
             let op = match (&create, &apply, &delete) {
