@@ -524,3 +524,40 @@ fn empty_and_extended_l2_images_take_snapshots() {
     drop(dev);
     both_clean(&img, "extended L2 after delete");
 }
+
+#[test]
+fn hostile_snapshot_trees_are_refused_before_anything_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.qcow2");
+    qemu("qemu-img", &["create", "-f", "qcow2", s(&good), "1M"]);
+    qemu("qemu-io", &["-c", "write -P 1 0 128k", s(&good)]);
+    qemu("qemu-img", &["snapshot", "-c", "a", s(&good)]);
+    let table = be64_at(&good, 64);
+    let sl1 = be64_at(&good, table as usize);
+    let l2 = be64_at(&good, sl1 as usize) & 0x00ff_ffff_ffff_fe00;
+    let far = 1u64 << 40;
+    let bad = dir.path().join("bad.qcow2");
+    for (what, at, value) in [
+        ("L2 table past EOF", sl1, far | 1 << 63),
+        ("L2 table unaligned", sl1, 0x10200),
+        ("data cluster past EOF", l2, far | 1 << 63),
+    ] {
+        std::fs::copy(&good, &bad).unwrap();
+        // Damage the snapshot's tree: its L1 table, or the L2 table it shares.
+        poke(&bad, at, &value.to_be_bytes());
+        let before = std::fs::read(&bad).unwrap();
+        let mut dev = rw(&bad);
+        let e = dev.snapshot_apply(0).unwrap_err().to_string();
+        assert!(
+            e.contains("beyond the end") || e.contains("unaligned"),
+            "{what}: {e}"
+        );
+        let e = dev.snapshot_delete(0).unwrap_err().to_string();
+        assert!(!e.is_empty());
+        drop(dev);
+        assert!(
+            std::fs::read(&bad).unwrap() == before,
+            "{what}: image changed"
+        );
+    }
+}
