@@ -1,5 +1,6 @@
-//! `kiln img`: the disk-image tool (create, info, check, convert, bench, read, write), in the
-//! spirit of `qemu-img` and with its option names, on the `kiln-block` crate.
+//! `kiln img`: the disk-image tool (create, info, check, convert, bench, read, write,
+//! snapshot), in the spirit of `qemu-img` and with its option names, on the `kiln-block`
+//! crate.
 //!
 //! Exit statuses: 0 success, 1 error (one line on stderr), and for `check` 2 (corruptions)
 //! or 3 (leaked clusters only), as qemu-img.
@@ -9,6 +10,7 @@ mod check;
 mod create;
 mod info;
 mod rw;
+mod snapshot;
 
 use clap::Subcommand;
 use kiln_block::{BlockDevice, Format, OpenOptions};
@@ -138,6 +140,41 @@ pub enum ImgCommand {
         /// Bytes to read.
         length: String,
     },
+    /// List, create, apply or delete qcow2 internal snapshots:
+    /// `snapshot [-l | -c NAME | -a NAME | -d NAME] [-f fmt] FILE`.
+    ///
+    /// -a takes an ID or a name (IDs first, as qemu-img); -d a name, or an ID when no
+    /// name matches. Listing is the default.
+    Snapshot {
+        /// List the snapshots (the default).
+        #[arg(short = 'l', long = "list", conflicts_with_all = ["create", "apply", "delete"])]
+        list: bool,
+        /// Create a snapshot with this name.
+        #[arg(short = 'c', long = "create", value_name = "SNAPSHOT", conflicts_with_all = ["apply", "delete"])]
+        create: Option<String>,
+        /// Revert the disk to this snapshot (ID or name).
+        #[arg(
+            short = 'a',
+            long = "apply",
+            value_name = "SNAPSHOT",
+            conflicts_with = "delete"
+        )]
+        apply: Option<String>,
+        /// Delete this snapshot (name or ID).
+        #[arg(short = 'd', long = "delete", value_name = "SNAPSHOT")]
+        delete: Option<String>,
+        /// Image format (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Output format for the list: human or json.
+        #[arg(long, default_value = "human")]
+        output: String,
+        /// Quiet (accepted for qemu-img compatibility; success prints nothing anyway).
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// The image.
+        file: PathBuf,
+    },
     /// Write to an image at OFFSET: a byte pattern, zeros, or a file's contents.
     Write {
         /// Image format (default: probe).
@@ -234,6 +271,24 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             quiet,
             file: &file,
         }),
+        ImgCommand::Snapshot {
+            list: _,
+            create,
+            apply,
+            delete,
+            format,
+            output,
+            quiet: _,
+            file,
+        } => {
+            let op = match (&create, &apply, &delete) {
+                (Some(n), _, _) => snapshot::Op::Create(n),
+                (_, Some(n), _) => snapshot::Op::Apply(n),
+                (_, _, Some(n)) => snapshot::Op::Delete(n),
+                _ => snapshot::Op::List,
+            };
+            snapshot::snapshot(op, format.as_deref(), &output, &file)
+        }
         ImgCommand::Read {
             format,
             file,

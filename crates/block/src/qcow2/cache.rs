@@ -28,6 +28,12 @@ impl<T> Cache<T> {
         self.map.get_mut(&off)
     }
 
+    /// Forget every table.
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
     /// Insert (or replace) the table at `off`.
     pub(crate) fn insert(&mut self, off: u64, t: T) {
         if self.map.insert(off, t).is_none() {

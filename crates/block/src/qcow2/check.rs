@@ -63,6 +63,10 @@ impl Counter {
     }
 }
 
+/// A COPIED flag to compare with the refcount: host offset, flag set, L1 index (for an
+/// L2 table; None for a data cluster), the entry.
+type CopiedCheck = (u64, bool, Option<usize>, u64);
+
 /// Most bytes of snapshot L1 tables one check reads (a hostile image can list 65536
 /// snapshots with a 32 MiB L1 table each).
 const MAX_SNAPSHOT_L1_BYTES: u64 = 256 << 20;
@@ -80,13 +84,13 @@ fn walk_l1(
     r: &mut CheckReport,
     l1: &[u64],
     active: bool,
-    copied: &mut Vec<(u64, bool, &'static str)>,
+    copied: &mut Vec<CopiedCheck>,
     pending: &mut PendingL2,
 ) -> Result<()> {
     let cs = img.cluster_size;
     let mut next_contiguous = 0u64;
     let mut walked = std::collections::HashSet::new();
-    for &l1e in l1 {
+    for (i, &l1e) in l1.iter().enumerate() {
         let l2off = l1e & L1_OFFSET_MASK;
         if l2off == 0 {
             continue;
@@ -99,7 +103,7 @@ fn walk_l1(
             continue;
         }
         if active {
-            copied.push((l2off, l1e & OFLAG_COPIED != 0, "L2 cluster"));
+            copied.push((l2off, l1e & OFLAG_COPIED != 0, Some(i), l1e));
         }
         c.inc(r, "L2 table", l2off, cs);
         if l2off >= c.file_len {
@@ -121,7 +125,7 @@ fn walk_l1(
 /// What the active L1 table's walk records beyond references.
 struct ActiveStats<'a> {
     next_contiguous: &'a mut u64,
-    copied: &'a mut Vec<(u64, bool, &'static str)>,
+    copied: &'a mut Vec<CopiedCheck>,
 }
 
 /// Walk every pending L2 table once, counting its references as often as it is referenced.
@@ -187,7 +191,7 @@ fn walk_l2(
         }
         let _ = OFLAG_ZERO;
         if let Some(a) = active.as_deref_mut() {
-            a.copied.push((host, e & OFLAG_COPIED != 0, "data cluster"));
+            a.copied.push((host, e & OFLAG_COPIED != 0, None, e));
             r.allocated_clusters += 1;
             if *a.next_contiguous != 0 && host != *a.next_contiguous {
                 r.fragmented_clusters += 1;
@@ -351,13 +355,19 @@ pub(crate) fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
             }
         }
     }
-    for (off, flag, what) in copied {
+    for (off, flag, l1_index, entry) in copied {
         let rc = img.refcount(off / cs)?;
         if (rc == 1) != flag {
             r.corruptions += 1;
-            r.messages.push(format!(
-                "ERROR OFLAG_COPIED {what}: offset={off:#x} refcount={rc}"
-            ));
+            // qemu-img's wording.
+            r.messages.push(match l1_index {
+                Some(i) => format!(
+                    "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={entry:x} refcount={rc}"
+                ),
+                None => {
+                    format!("ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}")
+                }
+            });
         }
     }
     r.image_end_offset = highest * cs;

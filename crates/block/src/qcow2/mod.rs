@@ -17,6 +17,8 @@ pub mod check;
 mod create;
 pub mod header;
 mod refcount;
+pub mod snapshot;
+mod snapshot_ops;
 mod write;
 
 pub use create::{create, CreateOptions};
@@ -88,6 +90,10 @@ pub struct Qcow2 {
     free_hint: u64,
     /// The last decompressed cluster: (host offset of the compressed data, bytes).
     zcache: Option<(u64, Vec<u8>)>,
+    /// Internal snapshots (see [`snapshot`]).
+    snapshots: Vec<snapshot::Snapshot>,
+    /// Bytes of the snapshot table.
+    snapshots_size: u64,
 }
 
 impl std::fmt::Debug for Qcow2 {
@@ -188,6 +194,12 @@ impl Qcow2 {
                 )));
             }
         }
+        let (snapshots, snapshots_size) = snapshot::read_table(&file, &h, flen)?;
+        if !read_only {
+            for sn in &snapshots {
+                sn.validate_l1(cluster_size, flen)?;
+            }
+        }
         let cache_tables = ((8u64 << 20) / cluster_size).clamp(4, 256) as usize;
         Ok(Qcow2 {
             file,
@@ -202,6 +214,8 @@ impl Qcow2 {
             meta,
             free_hint: 0,
             zcache: None,
+            snapshots,
+            snapshots_size,
             h,
         })
     }

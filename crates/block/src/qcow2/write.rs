@@ -57,11 +57,6 @@ impl Qcow2 {
                 "image is marked corrupt; writes are refused".into(),
             ));
         }
-        if self.h.nb_snapshots > 0 {
-            return Err(Error::Unsupported(
-                "writing to qcow2 images with internal snapshots is not supported yet".into(),
-            ));
-        }
         if self.h.extended_l2() {
             return Err(Error::Unsupported(
                 "writing to qcow2 images with extended L2 entries is not supported yet".into(),
@@ -85,7 +80,7 @@ impl Qcow2 {
                 self.h.refcount_table_offset,
                 u64::from(self.h.refcount_table_clusters) * cs,
             )
-            || (self.h.nb_snapshots > 0 && hits(self.h.snapshots_offset, cs));
+            || self.overlaps_snapshot_meta(host, end);
         if !bad {
             bad = (host / cs..end.div_ceil(cs)).any(|c| self.meta.contains(&c));
         }
@@ -108,7 +103,16 @@ impl Qcow2 {
             let g = offset + done as u64;
             let in_cluster = (g % cs) as usize;
             let len = (cs as usize - in_cluster).min(buf.len() - done);
-            let (old, _) = self.lookup(g)?;
+            let (mut old, _) = self.lookup(g)?;
+            // A cluster in an L2 table shared with a snapshot is never written in place.
+            if let Mapping::Data { host, copied: true } = old {
+                if self.l1[self.indices(g).0] & OFLAG_COPIED == 0 {
+                    old = Mapping::Data {
+                        host,
+                        copied: false,
+                    };
+                }
+            }
             pieces.push(Piece {
                 guest: g - in_cluster as u64,
                 in_cluster,
@@ -146,6 +150,12 @@ impl Qcow2 {
             return Ok(());
         }
         self.zcache = None;
+        // L2 tables shared with snapshots get private copies before entries change.
+        let mut shared: Vec<usize> = alloc.iter().map(|p| self.indices(p.guest).0).collect();
+        shared.dedup();
+        for i1 in shared {
+            self.own_l2(i1)?;
+        }
 
         // 1. Refcounts for the new data clusters and new L2 tables, flushed before
         //    anything points to them.
@@ -280,7 +290,7 @@ impl Qcow2 {
 
     /// Give guest L1 index `i1` an (empty) L2 table if it has none; returns its offset.
     fn ensure_l2(&mut self, i1: usize) -> Result<u64> {
-        let cur = self.l1[i1] & L1_OFFSET_MASK;
+        let cur = self.own_l2(i1)?;
         if cur != 0 {
             return Ok(cur);
         }

@@ -38,6 +38,10 @@ struct ImageInfo {
         skip_serializing_if = "Option::is_none"
     )]
     backing_filename_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshots: Option<Vec<super::snapshot::SnapshotJson>>,
+    #[serde(skip)]
+    snapshot_table: Option<String>,
     #[serde(rename = "virtual-size")]
     virtual_size: u64,
     filename: String,
@@ -90,6 +94,8 @@ fn gather(format: Option<&str>, file: &Path) -> Result<ImageInfo, String> {
     };
     let mut info = ImageInfo {
         backing_filename_format: None,
+        snapshots: None,
+        snapshot_table: None,
         virtual_size: meta.len(),
         filename: file.display().to_string(),
         cluster_size: None,
@@ -111,6 +117,10 @@ fn gather(format: Option<&str>, file: &Path) -> Result<ImageInfo, String> {
             info.full_backing_filename =
                 Some(kiln_block::resolve_backing(file, b).display().to_string());
             info.backing_filename_format = img.backing_format().map(str::to_string);
+        }
+        if !img.snapshots().is_empty() {
+            info.snapshots = Some(super::snapshot::to_json(img.snapshots()));
+            info.snapshot_table = Some(super::snapshot::table(img.snapshots()));
         }
         let v3 = h.version >= 3;
         info.format_specific = Some(FormatSpecific {
@@ -163,6 +173,9 @@ pub(super) fn info(format: Option<&str>, output: &str, file: &Path) -> Result<u8
     }
     if let Some(f) = &i.backing_filename_format {
         out += &format!("backing file format: {f}\n");
+    }
+    if let Some(t) = &i.snapshot_table {
+        out += t;
     }
     if let Some(fs) = &i.format_specific {
         let d = &fs.data;
