@@ -205,4 +205,55 @@ fn repair_leaks_gives_a_clean_image() {
     let mut want = vec![0u8; 8 << 20];
     want[64 << 10..(64 << 10) + 200 * 1024].fill(0x22);
     support::assert_same(&qemu_raw(dir.path(), &img), &want, "qemu view");
+    // An image marked corrupt: `Leaks` keeps the mark, `All` clears it once clean.
+    let mut b = std::fs::read(&img).unwrap();
+    b[79] |= 2;
+    std::fs::write(&img, b).unwrap();
+    assert!(Qcow2::open(&img, false).is_err());
+    repair(&img, RepairMode::Leaks).unwrap();
+    assert!(Qcow2::open(&img, false).is_err());
+    repair(&img, RepairMode::All).unwrap();
+    assert_eq!(std::fs::read(&img).unwrap()[79] & 3, 0);
+    drop(Qcow2::open(&img, false).unwrap());
+    assert_eq!(qemu_check(&img), 0);
+}
+
+#[test]
+fn repair_creates_missing_refcount_blocks_away_from_referenced_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("m.qcow2");
+    // 512-byte clusters, 16-bit refcounts: a refcount block covers 256 clusters.
+    qemu(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            s(&img),
+            "8M",
+        ],
+    );
+    qemu("qemu-io", &["-c", "write -P 0x44 0 400k", s(&img)]);
+    assert_eq!(qemu_check(&img), 0);
+    // Lose the refcount table's second entry (clusters 256..511, all referenced data).
+    let mut b = std::fs::read(&img).unwrap();
+    let rt = u64::from_be_bytes(b[48..56].try_into().unwrap()) as usize;
+    assert_ne!(
+        b[rt + 8..rt + 16],
+        [0u8; 8],
+        "the image should need a second block"
+    );
+    b[rt + 8..rt + 16].fill(0);
+    b[79] |= 1;
+    std::fs::write(&img, b).unwrap();
+    assert_eq!(qemu_check(&img), 2);
+    drop(open(&img, false));
+    assert!(!dirty(&img));
+    assert_eq!(qemu_check(&img), 0);
+    let mut want = vec![0u8; 8 << 20];
+    want[..400 << 10].fill(0x44);
+    support::assert_same(&qemu_raw(dir.path(), &img), &want, "qemu view");
 }

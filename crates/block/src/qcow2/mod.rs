@@ -11,6 +11,8 @@
 //! - the refcount table grows by writing a new table elsewhere and then switching the
 //!   header to it;
 //! - no write lands on metadata: an overlap marks the image corrupt and fails.
+//!
+//! Lazy refcounts, dirty images and refcount repair: see [`repair`].
 
 mod cache;
 pub mod check;
@@ -116,19 +118,20 @@ impl Qcow2 {
 
     /// Open from `file`; a dirty image opened read-write is repaired first (see [`repair`]).
     fn from_file(file: File, path: &Path, read_only: bool) -> Result<Qcow2> {
-        let mut img = Self::load(file, path, read_only)?;
+        let mut img = Self::load(file, path, read_only, false)?;
         if !read_only && img.h.incompatible_features & header::INCOMPAT_DIRTY != 0 {
             img.repair_dirty()?;
         }
         Ok(img)
     }
 
-    /// Open read-write without repairing a dirty image (for `check -r`).
+    /// Open read-write without repairing a dirty image, even if it is marked corrupt
+    /// (for `check -r`).
     pub(crate) fn from_file_no_repair(file: File, path: &Path) -> Result<Qcow2> {
-        Self::load(file, path, false)
+        Self::load(file, path, false, true)
     }
 
-    fn load(file: File, path: &Path, read_only: bool) -> Result<Qcow2> {
+    fn load(file: File, path: &Path, read_only: bool, allow_corrupt: bool) -> Result<Qcow2> {
         let mut first = vec![0u8; 4096];
         read_full(&file, &mut first, 0)?;
         // Cluster bits first, so the whole header cluster can be read.
@@ -139,7 +142,7 @@ impl Qcow2 {
         }
         let h = Header::parse(&first)?;
         let cluster_size = h.cluster_size();
-        if !read_only && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
+        if !read_only && !allow_corrupt && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
             return Err(Error::Corrupt(
                 "image is marked corrupt; it can only be opened read-only".into(),
             ));

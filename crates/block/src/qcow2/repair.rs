@@ -15,7 +15,7 @@
 //! are never placed on referenced clusters.
 
 use super::check::{check_counted, CheckReport};
-use super::header::INCOMPAT_DIRTY;
+use super::header::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use super::{Qcow2, L1_OFFSET_MASK, L2_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED};
 use crate::fileio::{read_full, sync, write_meta};
 use crate::{Error, Result};
@@ -59,10 +59,15 @@ pub fn repair(path: &Path, mode: RepairMode) -> Result<RepairReport> {
             ..Default::default()
         };
         img.fix_refcounts(mode, &mut rep)?;
-        if img.h.incompatible_features & INCOMPAT_DIRTY != 0 && mode == RepairMode::All {
-            img.set_dirty_bit(false)?;
-        }
         rep.after = super::check::check_image(&mut img)?;
+        // With everything fixed, the dirty and corrupt bits go (as qemu-img's -r all).
+        if mode == RepairMode::All && rep.after.corruptions == 0 {
+            let bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
+            if img.h.incompatible_features & bits != 0 {
+                img.h.incompatible_features &= !INCOMPAT_CORRUPT;
+                img.set_dirty_bit(false)?;
+            }
+        }
         Ok(rep)
     };
     inner().map_err(|e| e.context(&ctx))
@@ -257,7 +262,7 @@ impl Qcow2 {
 
     /// Before the first change to an image with lazy refcounts: set the dirty bit.
     pub(crate) fn before_change(&mut self) -> Result<()> {
-        let corrupt = self.h.incompatible_features & super::header::INCOMPAT_CORRUPT != 0;
+        let corrupt = self.h.incompatible_features & INCOMPAT_CORRUPT != 0;
         if self.dirty_marked.is_none() && !self.read_only && !corrupt && self.h.lazy_refcounts() {
             self.set_dirty_bit(true)?;
             self.dirty_marked = Some(true);
