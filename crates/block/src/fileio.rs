@@ -1,12 +1,84 @@
 //! Positioned file I/O helpers shared by the formats: opening an image with its lock,
 //! whole-buffer reads that see zeros past the end of the file, whole-buffer writes,
 //! `fdatasync`, and hole punching via `fallocate`.
+//!
+//! # Test hook (crash-safety tests only)
+//!
+//! Writes of qcow2 metadata (header, L1, L2, refcount table and blocks, snapshot table) go
+//! through [`write_meta`], guest data through [`write_full`]. Two environment variables,
+//! read once per process, turn on a hook used by the crash tests; when neither is set the
+//! hook costs one initialised-`OnceLock` load per write:
+//! - `KILN_BLOCK_KILL_AT_META_WRITE=N`: the process sends itself `SIGKILL` just before its
+//!   N-th metadata write (1-based), as an abrupt crash at that point;
+//! - `KILN_BLOCK_TRACE=FILE`: append a record of every completed write, hole punch and
+//!   `fdatasync` to FILE, so a test can replay the writes and drop the ones no flush
+//!   covered (a power-loss model). A record is a tag byte, two big-endian u64 and, for
+//!   writes, the bytes: `W` data write and `M` metadata write (offset, length, bytes),
+//!   `P` hole punch (offset, length), `S` fdatasync (0, 0). Other tags are free for the tests' own markers.
 
 use crate::{Error, Result};
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// The crash-test hook's settings (see the module docs).
+struct Hook {
+    kill_at: Option<u64>,
+    trace: Option<Mutex<File>>,
+}
+
+static HOOK: OnceLock<Option<Hook>> = OnceLock::new();
+static META_WRITES: AtomicU64 = AtomicU64::new(0);
+
+fn hook() -> Option<&'static Hook> {
+    HOOK.get_or_init(|| {
+        let kill_at = std::env::var("KILN_BLOCK_KILL_AT_META_WRITE")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let trace = std::env::var_os("KILN_BLOCK_TRACE").and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+                .map(Mutex::new)
+        });
+        (kill_at.is_some() || trace.is_some()).then_some(Hook { kill_at, trace })
+    })
+    .as_ref()
+}
+
+/// Append one record to the `KILN_BLOCK_TRACE` file, if tracing is on.
+fn trace(tag: u8, a: u64, b: u64, bytes: &[u8]) {
+    if let Some(t) = hook().and_then(|h| h.trace.as_ref()) {
+        let mut rec = Vec::with_capacity(17 + bytes.len());
+        rec.push(tag);
+        rec.extend_from_slice(&a.to_be_bytes());
+        rec.extend_from_slice(&b.to_be_bytes());
+        rec.extend_from_slice(bytes);
+        let mut f = t.lock().unwrap_or_else(|e| e.into_inner());
+        // A failing trace must not go unnoticed: the test would check the wrong thing.
+        f.write_all(&rec)
+            .expect("KILN_BLOCK_TRACE: cannot append to the trace file");
+    }
+}
+
+/// Write qcow2 metadata: [`write_full`], counted by the crash-test hook.
+pub(crate) fn write_meta(file: &File, buf: &[u8], offset: u64) -> Result<()> {
+    if let Some(n) = hook().and_then(|h| h.kill_at) {
+        if META_WRITES.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            // SAFETY: getpid and kill take plain integers; SIGKILL ends the process here.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+    write_tagged(file, buf, offset, b'M')
+}
 
 /// Open an image file and lock it: exclusively when it is opened for writing, shared
 /// when read-only, so two writers (or a writer and a reader) cannot use one image at
@@ -63,13 +135,21 @@ pub(crate) fn read_full(file: &File, buf: &mut [u8], offset: u64) -> Result<()> 
 
 /// Write all of `buf` at `offset`.
 pub(crate) fn write_full(file: &File, buf: &[u8], offset: u64) -> Result<()> {
+    write_tagged(file, buf, offset, b'W')
+}
+
+fn write_tagged(file: &File, buf: &[u8], offset: u64, tag: u8) -> Result<()> {
     file.write_all_at(buf, offset)
-        .map_err(|e| Error::io(format!("write at offset {offset}"), e))
+        .map_err(|e| Error::io(format!("write at offset {offset}"), e))?;
+    trace(tag, offset, buf.len() as u64, buf);
+    Ok(())
 }
 
 /// `fdatasync` the file.
 pub(crate) fn sync(file: &File) -> Result<()> {
-    file.sync_data().map_err(|e| Error::io("fdatasync", e))
+    file.sync_data().map_err(|e| Error::io("fdatasync", e))?;
+    trace(b'S', 0, 0, &[]);
+    Ok(())
 }
 
 /// The file's length in bytes.
@@ -99,6 +179,7 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> Result<bool> {
         )
     };
     if rc == 0 {
+        trace(b'P', offset, len, &[]);
         return Ok(true);
     }
     let e = std::io::Error::last_os_error();

@@ -59,6 +59,9 @@ pub enum ImgCommand {
         /// Image format (default: probe).
         #[arg(short = 'f')]
         format: Option<String>,
+        /// Repair: `leaks` (leaked clusters only) or `all` (also corruptions).
+        #[arg(short = 'r')]
+        repair: Option<String>,
         /// Output format: human or json.
         #[arg(long, default_value = "human")]
         output: String,
@@ -224,9 +227,10 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
         } => info::info(format.as_deref(), &output, &file),
         ImgCommand::Check {
             format,
+            repair,
             output,
             file,
-        } => check::check(format.as_deref(), &output, &file),
+        } => check::check(format.as_deref(), repair.as_deref(), &output, &file),
         ImgCommand::Convert {
             format,
             out_format,

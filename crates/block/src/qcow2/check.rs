@@ -211,6 +211,11 @@ pub fn check(path: &Path) -> Result<CheckReport> {
 }
 
 pub(crate) fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
+    Ok(check_counted(img)?.0)
+}
+
+/// Check `img` and also return the references counted per host cluster (for repair).
+pub(crate) fn check_counted(img: &mut Qcow2) -> Result<(CheckReport, HashMap<u64, u64>)> {
     let cs = img.cluster_size;
     let mut r = CheckReport {
         total_clusters: img.h.size.div_ceil(cs),
@@ -371,5 +376,5 @@ pub(crate) fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
         }
     }
     r.image_end_offset = highest * cs;
-    Ok(r)
+    Ok((r, c.refs))
 }

@@ -11,12 +11,15 @@
 //! - the refcount table grows by writing a new table elsewhere and then switching the
 //!   header to it;
 //! - no write lands on metadata: an overlap marks the image corrupt and fails.
+//!
+//! Lazy refcounts, dirty images and refcount repair: see [`repair`].
 
 mod cache;
 pub mod check;
 mod create;
 pub mod header;
 mod refcount;
+pub mod repair;
 pub mod snapshot;
 mod snapshot_ops;
 mod write;
@@ -24,7 +27,7 @@ mod write;
 pub use create::{create, CreateOptions};
 pub use header::{Compression, Header};
 
-use crate::fileio::{file_len, read_full, sync, write_full};
+use crate::fileio::{file_len, read_full, sync};
 use crate::{check_range, BlockDevice, Error, Extent, Format, Result};
 use cache::Cache;
 use header::INCOMPAT_CORRUPT;
@@ -94,6 +97,9 @@ pub struct Qcow2 {
     snapshots: Vec<snapshot::Snapshot>,
     /// Bytes of the snapshot table.
     snapshots_size: u64,
+    /// Lazy refcounts: None while we have not set the dirty bit, Some(true) once set,
+    /// Some(false) after a failed change (the bit then stays set at close).
+    dirty_marked: Option<bool>,
 }
 
 impl std::fmt::Debug for Qcow2 {
@@ -119,7 +125,22 @@ impl Qcow2 {
         Self::from_file(file, path, read_only).map_err(|e| e.context(&ctx))
     }
 
+    /// Open from `file`; a dirty image opened read-write is repaired first (see [`repair`]).
     pub(crate) fn from_file(file: File, path: &Path, read_only: bool) -> Result<Qcow2> {
+        let mut img = Self::load(file, path, read_only, false)?;
+        if !read_only && img.h.incompatible_features & header::INCOMPAT_DIRTY != 0 {
+            img.repair_dirty()?;
+        }
+        Ok(img)
+    }
+
+    /// Open read-write without repairing a dirty image, even if it is marked corrupt
+    /// (for `check -r`).
+    pub(crate) fn from_file_no_repair(file: File, path: &Path) -> Result<Qcow2> {
+        Self::load(file, path, false, true)
+    }
+
+    fn load(file: File, path: &Path, read_only: bool, allow_corrupt: bool) -> Result<Qcow2> {
         let mut first = vec![0u8; 4096];
         read_full(&file, &mut first, 0)?;
         // Cluster bits first, so the whole header cluster can be read.
@@ -130,17 +151,10 @@ impl Qcow2 {
         }
         let h = Header::parse(&first)?;
         let cluster_size = h.cluster_size();
-        if !read_only {
-            if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
-                return Err(Error::Corrupt(
-                    "image is marked corrupt; it can only be opened read-only".into(),
-                ));
-            }
-            if h.incompatible_features & header::INCOMPAT_DIRTY != 0 {
-                return Err(Error::Unsupported(
-                    "image is dirty (lazy refcounts not flushed); repair it with `qemu-img check -r all` first".into(),
-                ));
-            }
+        if !read_only && !allow_corrupt && h.incompatible_features & INCOMPAT_CORRUPT != 0 {
+            return Err(Error::Corrupt(
+                "image is marked corrupt; it can only be opened read-only".into(),
+            ));
         }
         let flen = file_len(&file)?;
         let l1_bytes = u64::from(h.l1_size) * 8;
@@ -216,6 +230,7 @@ impl Qcow2 {
             zcache: None,
             snapshots,
             snapshots_size,
+            dirty_marked: None,
             h,
         })
     }
@@ -426,7 +441,7 @@ impl Qcow2 {
         }
         self.h.incompatible_features |= INCOMPAT_CORRUPT;
         let v = self.h.incompatible_features.to_be_bytes();
-        let _ = write_full(&self.file, &v, 72).and_then(|_| sync(&self.file));
+        let _ = crate::fileio::write_meta(&self.file, &v, 72).and_then(|_| sync(&self.file));
     }
 }
 
@@ -450,7 +465,10 @@ impl BlockDevice for Qcow2 {
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.h.size)?;
-        self.write_guest(buf, offset)
+        self.before_change()?;
+        let r = self.write_guest(buf, offset);
+        self.after_change(&r);
+        r
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -462,12 +480,18 @@ impl BlockDevice for Qcow2 {
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.h.size)?;
-        self.zero_guest(offset, len)
+        self.before_change()?;
+        let r = self.zero_guest(offset, len);
+        self.after_change(&r);
+        r
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         check_range(offset, len, self.h.size)?;
-        self.zero_guest(offset, len)
+        self.before_change()?;
+        let r = self.zero_guest(offset, len);
+        self.after_change(&r);
+        r
     }
 
     fn extent(&mut self, offset: u64, len: u64) -> Result<(Extent, u64)> {

@@ -3,7 +3,7 @@
 //! flush, then switch the header to it, then free the old one).
 
 use super::Qcow2;
-use crate::fileio::{file_len, read_full, sync, write_full};
+use crate::fileio::{file_len, read_full, sync, write_meta};
 use crate::{Error, Result};
 use std::ops::Range;
 
@@ -134,7 +134,7 @@ impl Qcow2 {
         };
         let r = set_entry(b, order, cluster % epb, new);
         let bytes = b[r.clone()].to_vec();
-        write_full(&self.file, &bytes, off + r.start as u64)?;
+        write_meta(&self.file, &bytes, off + r.start as u64)?;
         if new == 0 && cluster < self.free_hint {
             self.free_hint = cluster;
         }
@@ -188,10 +188,10 @@ impl Qcow2 {
             self.update_refcount(loc, 1, &busy2)?;
         }
         // The block (and its own refcount) must be on disk before the table points to it.
-        write_full(&self.file, &block, loc * cs)?;
+        write_meta(&self.file, &block, loc * cs)?;
         sync(&self.file)?;
         let off = loc * cs;
-        write_full(
+        write_meta(
             &self.file,
             &off.to_be_bytes(),
             self.h.refcount_table_offset + 8 * t,
@@ -251,19 +251,19 @@ impl Qcow2 {
                 set_entry(&mut block, order, c % epb, 1);
             }
             let loc = area + k;
-            write_full(&self.file, &block, loc * cs)?;
+            write_meta(&self.file, &block, loc * cs)?;
             table[bi as usize] = loc * cs;
             self.refblock_cache.insert(loc * cs, block);
             self.meta.insert(loc);
         }
         let toff = (area + nblocks) * cs;
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
-        write_full(&self.file, &bytes, toff)?;
+        write_meta(&self.file, &bytes, toff)?;
         sync(&self.file)?;
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&toff.to_be_bytes());
         hdr[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
-        write_full(&self.file, &hdr, 48)?;
+        write_meta(&self.file, &hdr, 48)?;
         sync(&self.file)?;
         let old_off = self.h.refcount_table_offset;
         let old_clusters = u64::from(self.h.refcount_table_clusters);

@@ -5,7 +5,7 @@
 
 use super::header::{Header, MAX_L1_BYTES};
 use super::Qcow2;
-use crate::fileio::{punch_hole, read_full, sync, write_full};
+use crate::fileio::{punch_hole, read_full, sync, write_meta};
 use crate::{Error, Result};
 use std::fs::File;
 
@@ -331,7 +331,7 @@ impl Qcow2 {
             let c = self.alloc_clusters(n, &[])?;
             self.check_overlap(c * cs, n * cs)?;
             bytes.resize((n * cs) as usize, 0);
-            write_full(&self.file, &bytes, c * cs)?;
+            write_meta(&self.file, &bytes, c * cs)?;
             c * cs
         };
         // The table and its refcounts are on disk before the header points to it.
@@ -339,7 +339,7 @@ impl Qcow2 {
         let mut hdr = [0u8; 12];
         hdr[..4].copy_from_slice(&(snaps.len() as u32).to_be_bytes());
         hdr[4..].copy_from_slice(&new_off.to_be_bytes());
-        write_full(&self.file, &hdr, 60)?;
+        write_meta(&self.file, &hdr, 60)?;
         sync(&self.file)?;
         let (old_off, old_size) = (self.h.snapshots_offset, self.snapshots_size);
         self.h.nb_snapshots = snaps.len() as u32;

@@ -11,7 +11,7 @@
 use super::header::{size_to_l1, MAX_L1_BYTES};
 use super::snapshot::{Snapshot, MAX_SNAPSHOTS};
 use super::{read_be64s, Qcow2, L1_OFFSET_MASK, L2_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED};
-use crate::fileio::{file_len, read_full, sync, write_full};
+use crate::fileio::{file_len, read_full, sync, write_meta};
 use crate::{Error, Result};
 use std::collections::HashMap;
 
@@ -174,7 +174,7 @@ impl Qcow2 {
     /// Make the COPIED flags of the tree under `l1` match the refcounts (set exactly
     /// where the refcount is 1), writing changed L2 entries through. Returns whether an
     /// L1 entry changed (the caller writes the L1 table).
-    fn fix_copied(&mut self, l1: &mut [u64]) -> Result<bool> {
+    fn sync_copied_flags(&mut self, l1: &mut [u64]) -> Result<bool> {
         let cs = self.cluster_size;
         let step = if self.h.extended_l2() { 2 } else { 1 };
         let mut l1_changed = false;
@@ -205,7 +205,7 @@ impl Qcow2 {
             }
             if changed {
                 self.check_overlap_l2(off)?;
-                write_full(&self.file, &entries_bytes(&t), off)?;
+                write_meta(&self.file, &entries_bytes(&t), off)?;
                 *self.l2_table(off)? = t;
             }
             let want = self.refcount(off / cs)? == 1;
@@ -236,12 +236,12 @@ impl Qcow2 {
     /// Fix the COPIED flags of the active tables and write the changed L1 table through.
     fn fix_active_copied(&mut self) -> Result<()> {
         let mut l1 = std::mem::take(&mut self.l1);
-        let r = self.fix_copied(&mut l1);
+        let r = self.sync_copied_flags(&mut l1);
         let changed = matches!(r, Ok(true));
         self.l1 = l1;
         r?;
         if changed {
-            write_full(&self.file, &entries_bytes(&self.l1), self.h.l1_table_offset)?;
+            write_meta(&self.file, &entries_bytes(&self.l1), self.h.l1_table_offset)?;
         }
         Ok(())
     }
@@ -281,7 +281,7 @@ impl Qcow2 {
         self.check_overlap(c * cs, n * cs)?;
         let mut buf = entries_bytes(l1);
         buf.resize((n * cs) as usize, 0);
-        write_full(&self.file, &buf, c * cs)?;
+        write_meta(&self.file, &buf, c * cs)?;
         Ok(c * cs)
     }
 
@@ -353,7 +353,7 @@ impl Qcow2 {
         sync(&self.file)?;
         // Everything is shared with the snapshot now: no COPIED flags anywhere in the new
         // active tree before the header points to it.
-        self.fix_copied(&mut new_l1)?;
+        self.sync_copied_flags(&mut new_l1)?;
         let new_off = self.write_new_l1(&new_l1)?;
         sync(&self.file)?;
         // Header bytes 24..48: size, crypt_method (0), l1_size, l1_table_offset.
@@ -361,7 +361,7 @@ impl Qcow2 {
         hdr[..8].copy_from_slice(&sn.disk_size.to_be_bytes());
         hdr[12..16].copy_from_slice(&(new_size as u32).to_be_bytes());
         hdr[16..24].copy_from_slice(&new_off.to_be_bytes());
-        write_full(&self.file, &hdr, 24)?;
+        write_meta(&self.file, &hdr, 24)?;
         sync(&self.file)?;
         let old_l1 = std::mem::replace(&mut self.l1, new_l1);
         let (old_off, old_size) = (self.h.l1_table_offset, u64::from(self.h.l1_size) * 8);
@@ -422,17 +422,17 @@ impl Qcow2 {
             // Only the active L1 uses it (and that is on disk): claim it.
             sync(&self.file)?;
             let ne = e | OFLAG_COPIED;
-            write_full(&self.file, &ne.to_be_bytes(), l1_at)?;
+            write_meta(&self.file, &ne.to_be_bytes(), l1_at)?;
             self.l1[i1] = ne;
             return Ok(off);
         }
         let table = self.l2_table(off)?.clone();
         let c = self.alloc_clusters(1, &[])?;
         self.check_overlap(c * cs, cs)?;
-        write_full(&self.file, &entries_bytes(&table), c * cs)?;
+        write_meta(&self.file, &entries_bytes(&table), c * cs)?;
         sync(&self.file)?;
         let ne = (c * cs) | OFLAG_COPIED;
-        write_full(&self.file, &ne.to_be_bytes(), l1_at)?;
+        write_meta(&self.file, &ne.to_be_bytes(), l1_at)?;
         sync(&self.file)?;
         self.l1[i1] = ne;
         self.meta.insert(c);

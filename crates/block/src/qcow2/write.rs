@@ -3,7 +3,7 @@
 //! discarding, each in QEMU's crash-safe order (see the [`super`] module docs).
 
 use super::{Mapping, Qcow2, L1_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO};
-use crate::fileio::{file_len, punch_hole, read_full, sync, write_full};
+use crate::fileio::{file_len, punch_hole, read_full, sync, write_full, write_meta};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 
@@ -43,7 +43,7 @@ impl Qcow2 {
                 .iter()
                 .flat_map(|e| e.to_be_bytes())
                 .collect();
-            write_full(&self.file, &bytes, off + lo as u64 * 8)?;
+            write_meta(&self.file, &bytes, off + lo as u64 * 8)?;
         }
         Ok(())
     }
@@ -223,7 +223,7 @@ impl Qcow2 {
                 .iter()
                 .flat_map(|e| e.to_be_bytes())
                 .collect();
-            write_full(&self.file, &bytes, off)?;
+            write_meta(&self.file, &bytes, off)?;
             dirty.0.remove(&off);
         }
         sync(&self.file)?;
@@ -233,7 +233,7 @@ impl Qcow2 {
         for (k, &i1) in new_l2.iter().enumerate() {
             let off = (l2_start + k as u64) * cs;
             let e = off | OFLAG_COPIED;
-            write_full(
+            write_meta(
                 &self.file,
                 &e.to_be_bytes(),
                 self.h.l1_table_offset + 8 * i1 as u64,
@@ -298,10 +298,10 @@ impl Qcow2 {
         let c = self.alloc_clusters(1, &[])?;
         self.check_overlap(c * cs, cs)?;
         sync(&self.file)?;
-        write_full(&self.file, &vec![0u8; cs as usize], c * cs)?;
+        write_meta(&self.file, &vec![0u8; cs as usize], c * cs)?;
         sync(&self.file)?;
         let e = (c * cs) | OFLAG_COPIED;
-        write_full(
+        write_meta(
             &self.file,
             &e.to_be_bytes(),
             self.h.l1_table_offset + 8 * i1 as u64,

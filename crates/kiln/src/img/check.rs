@@ -1,8 +1,10 @@
 //! `kiln img check`: qcow2 refcount verification with qemu-img's report and exit statuses
-//! (0 clean, 2 corruptions, 3 leaked clusters only).
+//! (0 clean, 2 corruptions, 3 leaked clusters only), and `-r leaks|all` repairs (the exit
+//! status then describes the image after the repair, as qemu-img's does).
 
 use super::parse_format;
 use kiln_block::qcow2::check::CheckReport;
+use kiln_block::qcow2::repair::RepairMode;
 use kiln_block::Format;
 use serde::Serialize;
 use std::path::Path;
@@ -42,10 +44,21 @@ fn pct(n: u64, d: u64) -> f64 {
 }
 
 /// `kiln img check`.
-pub(super) fn check(format: Option<&str>, output: &str, file: &Path) -> Result<u8, String> {
+pub(super) fn check(
+    format: Option<&str>,
+    repair: Option<&str>,
+    output: &str,
+    file: &Path,
+) -> Result<u8, String> {
     if output != "human" && output != "json" {
         return Err(format!("--output must be human or json, not '{output}'"));
     }
+    let mode = match repair {
+        None => None,
+        Some("leaks") => Some(RepairMode::Leaks),
+        Some("all") => Some(RepairMode::All),
+        Some(other) => return Err(format!("-r must be 'leaks' or 'all', not '{other}'")),
+    };
     let format = match parse_format(format)? {
         Some(f) => f,
         None => kiln_block::probe(file).map_err(|e| e.to_string())?,
@@ -56,7 +69,28 @@ pub(super) fn check(format: Option<&str>, output: &str, file: &Path) -> Result<u
             file.display()
         ));
     }
-    let r: CheckReport = kiln_block::qcow2::check::check(file).map_err(|e| e.to_string())?;
+    let Some(mode) = mode else {
+        let r: CheckReport = kiln_block::qcow2::check::check(file).map_err(|e| e.to_string())?;
+        return Ok(report(&r, file, output, ""));
+    };
+    let rep = kiln_block::qcow2::repair::repair(file, mode).map_err(|e| e.to_string())?;
+    for m in rep.before.messages.iter().chain(&rep.messages) {
+        eprintln!("{m}");
+    }
+    let mut head = String::new();
+    if rep.leaks_fixed + rep.corruptions_fixed > 0 {
+        head = format!(
+            "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
+            rep.leaks_fixed, rep.corruptions_fixed
+        );
+    }
+    let mut after = rep.after;
+    after.messages.clear();
+    Ok(report(&after, file, output, &head))
+}
+
+/// Print a check report (after `head`, human output only); returns the exit status.
+fn report(r: &CheckReport, file: &Path, output: &str, head: &str) -> u8 {
     let status = if r.check_errors > 0 {
         1
     } else if r.corruptions > 0 {
@@ -81,14 +115,14 @@ pub(super) fn check(format: Option<&str>, output: &str, file: &Path) -> Result<u
         };
         println!(
             "{}",
-            serde_json::to_string_pretty(&j).map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(&j).expect("a plain struct serializes")
         );
-        return Ok(status);
+        return status;
     }
     for m in &r.messages {
         eprintln!("{m}");
     }
-    let mut out = String::new();
+    let mut out = head.to_string();
     if status == 0 {
         out += "No errors were found on the image.\n";
     } else {
@@ -115,5 +149,5 @@ pub(super) fn check(format: Option<&str>, output: &str, file: &Path) -> Result<u
         r.image_end_offset
     );
     print!("{out}");
-    Ok(status)
+    status
 }

@@ -1,0 +1,89 @@
+//! `kiln img check -r leaks|all`: repairs with qemu-img's report ("The following
+//! inconsistencies were found and repaired") and exit statuses that describe the image
+//! after the repair; the repaired images pass `qemu-img check`.
+
+mod common;
+
+use common::{run, Scratch};
+use std::process::Command;
+
+fn qemu_img(args: &[&str]) -> i32 {
+    Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("qemu-img is needed for these tests (apt-get install qemu-utils): {e}")
+        })
+        .status
+        .code()
+        .unwrap()
+}
+
+/// Set the 16-bit refcount of cluster `c` in the first refcount block (at 2 clusters).
+fn poke_refcount(path: &str, c: usize, v: u16) {
+    let mut f = std::fs::read(path).unwrap();
+    let at = 2 * 65536 + 2 * c;
+    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    std::fs::write(path, f).unwrap();
+}
+
+#[test]
+fn img_check_r_repairs_leaks_and_corruptions_like_qemu_img() {
+    let s = Scratch::new();
+    let img = s.dir.path().join("r.qcow2").to_str().unwrap().to_string();
+    run(&["img", "create", "-f", "qcow2", &img, "4M"]).expect_code(0);
+    run(&[
+        "img",
+        "write",
+        &img,
+        "0",
+        "--pattern",
+        "9",
+        "--length",
+        "200k",
+    ])
+    .expect_code(0);
+    // Two leaked clusters past the data (the file grows to hold them).
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(12 * 65536).unwrap();
+    drop(f);
+    poke_refcount(&img, 10, 1);
+    poke_refcount(&img, 11, 2);
+    assert_eq!(qemu_img(&["check", &img]), 3);
+    let r = run(&["img", "check", "-r", "leaks", &img]);
+    r.expect_code(0);
+    assert!(
+        r.stdout.contains(
+            "The following inconsistencies were found and repaired:\n\n    2 leaked clusters\n    0 corruptions\n\nDouble checking the fixed image now...\nNo errors were found on the image."
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr
+            .contains("Repairing cluster 11 refcount=2 reference=0"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(qemu_img(&["check", &img]), 0);
+    // A clean image: nothing to repair, plain report.
+    let r = run(&["img", "check", "-r", "all", &img]);
+    r.expect_code(0);
+    assert!(!r.stdout.contains("repaired"), "{}", r.stdout);
+    // A corruption (a data cluster's refcount lost): `leaks` leaves it (exit 2), `all`
+    // repairs it.
+    poke_refcount(&img, 4, 0);
+    assert_eq!(qemu_img(&["check", &img]), 2);
+    run(&["img", "check", "-r", "leaks", &img]).expect_code(2);
+    let r = run(&["img", "check", "-r", "all", &img]);
+    r.expect_code(0);
+    assert!(
+        r.stdout.contains("corruptions\n\nDouble checking"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(qemu_img(&["check", &img]), 0);
+    let r = run(&["img", "check", "-r", "everything", &img]);
+    r.expect_code(1);
+    r.no_panic();
+}
