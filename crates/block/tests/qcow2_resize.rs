@@ -103,8 +103,14 @@ fn shrink_needs_permission_and_drops_the_tail() {
     }
     // Not cluster aligned: the rest of the last cluster must read as zeros later.
     let small = (1 << 20) + 1536;
+    let len_before = std::fs::metadata(&img).unwrap().len();
     q.resize(small, true).unwrap();
     drop(q);
+    let len_after = std::fs::metadata(&img).unwrap().len();
+    assert!(
+        len_after < len_before / 2,
+        "file cut: {len_before} -> {len_after}"
+    );
     kiln_check_clean(&img, "shrunk");
     assert!(info_json(&img).contains(&format!("\"virtual-size\": {small}")));
     qemu(

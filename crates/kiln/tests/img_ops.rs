@@ -159,6 +159,38 @@ fn fixtures(d: &Path) {
     );
     std::fs::rename(d.join("r2.raw"), d.join("r.raw")).unwrap();
     std::fs::write(d.join("e.raw"), b"").unwrap();
+    qok(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "x.qcow2",
+            "4M",
+        ],
+    );
+    qok(
+        d,
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 2 4k 8k",
+            "-c",
+            "write -z 64k 2k",
+            "-c",
+            "write -P 3 1M 70k",
+            "x.qcow2",
+        ],
+    );
+    qok(
+        d,
+        "qemu-img",
+        &["create", "-f", "qcow2", "huge.qcow2", "16T"],
+    );
+    qok(d, "qemu-io", &["-c", "write -P 1 8T 64k", "huge.qcow2"]);
 }
 
 #[test]
@@ -173,6 +205,8 @@ fn map_json_and_human_equal_qemu_img_map() {
         ("mid.qcow2", "qcow2"),
         ("top.qcow2", "qcow2"),
         ("c.qcow2", "qcow2"),
+        ("x.qcow2", "qcow2"),
+        ("huge.qcow2", "qcow2"),
     ] {
         let want = qok(d, "qemu-img", &["map", "-f", fmt, "--output=json", img]);
         let got = k(d, &["img", "map", "-f", fmt, "--output", "json", img]);

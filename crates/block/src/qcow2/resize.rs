@@ -7,11 +7,12 @@
 //!
 //! Shrinking (only when asked to): the tail of a partial last cluster is zeroed, the
 //! clusters past the new end are unmapped (references dropped before refcounts), then the
-//! header gets the new size. The L1 table keeps its size (its tail is all zeros then).
+//! header gets the new size. The L1 table keeps its size (its tail is all zeros then);
+//! free clusters at the end of the file are cut off.
 
 use super::header::size_to_l1;
 use super::{Qcow2, L1_OFFSET_MASK};
-use crate::fileio::{sync, write_full};
+use crate::fileio::{file_len, sync, write_full};
 use crate::{Error, Result};
 
 impl Qcow2 {
@@ -133,6 +134,17 @@ impl Qcow2 {
         write_full(&self.file, &size.to_be_bytes(), 24)?;
         sync(&self.file)?;
         self.h.size = size;
+        // Like qemu, give back the free clusters at the end of the file.
+        let flen = file_len(&self.file)?;
+        let mut last = flen.div_ceil(cs);
+        while last > 1 && self.refcount(last - 1)? == 0 {
+            last -= 1;
+        }
+        if last * cs < flen {
+            self.file
+                .set_len(last * cs)
+                .map_err(|e| Error::io("truncate", e))?;
+        }
         Ok(())
     }
 }
