@@ -460,6 +460,30 @@ fn rebase_matches_qemu_img_rebase() {
             same(&kd, name, other.to_str().unwrap());
         }
     }
+    // A huge sparse chain: only what the old chain stores is read and copied.
+    qok(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "huge.qcow2",
+            "-F",
+            "qcow2",
+            "hov.qcow2",
+        ],
+    );
+    k(d, &["img", "rebase", "-b", "", "hov.qcow2"]).expect_code(0);
+    check_clean(d, "hov.qcow2");
+    same(d, "hov.qcow2", "huge.qcow2");
+    let m = k(d, &["img", "map", "--output", "json", "hov.qcow2"]);
+    assert!(
+        m.stdout.contains("\"depth\": 0, \"present\": true"),
+        "{}",
+        m.stdout
+    );
     k(d, &["img", "rebase", "-b", "base.qcow2", "top.qcow2"])
         .expect_error("backing format must be specified");
     k(

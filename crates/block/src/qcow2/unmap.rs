@@ -102,6 +102,10 @@ impl Qcow2 {
         // The references are gone on disk before any refcount drops.
         sync(&self.file)?;
         for c in frees {
+            // A reference to a free cluster (a corrupt image) is simply gone now.
+            if self.refcount(c)? == 0 {
+                continue;
+            }
             self.update_refcount(c, -1, &[])?;
             if self.refcount(c)? == 0 {
                 self.meta.remove(&c);

@@ -4,7 +4,7 @@
 
 use super::parse_format;
 use kiln_block::qcow2::Qcow2;
-use kiln_block::{open_qcow2_rw, resolve_backing, BlockDevice, Format, OpenOptions};
+use kiln_block::{chain_status, open_qcow2_rw, resolve_backing, BlockDevice, Format, OpenOptions};
 use std::path::Path;
 
 const CHUNK: u64 = 1 << 20;
@@ -77,16 +77,27 @@ fn read_or_zero(
     Ok(())
 }
 
+/// Whether the range at `off` reads as zeros in `dev` (None: no device; past its end:
+/// zeros), and for how many bytes (at most `len`) that holds.
+fn zero_run(dev: Option<&mut dyn BlockDevice>, off: u64, len: u64) -> Result<(bool, u64), String> {
+    let Some(d) = dev else { return Ok((true, len)) };
+    let size = d.size();
+    if off >= size {
+        return Ok((true, len));
+    }
+    let (_, st) = chain_status(d, off, len.min(size - off)).map_err(|e| e.to_string())?;
+    Ok((st.zero, st.len.max(1)))
+}
+
 /// Copy into `img` the clusters it does not allocate whose old content (through its
-/// current backing chain) differs from `new`'s.
+/// current backing chain) differs from `new`'s. Ranges both chains know to be zeros are
+/// skipped without reading.
 fn copy_differences(
     img: &mut Qcow2,
     mut new: Option<&mut (dyn BlockDevice + 'static)>,
 ) -> Result<(), String> {
     let size = img.size();
-    let cs = img.header().cluster_size();
-    let mut old_buf = Vec::new();
-    let mut new_buf = Vec::new();
+    let mut bufs = (Vec::new(), Vec::new());
     let mut off = 0;
     while off < size {
         let st = img
@@ -94,29 +105,55 @@ fn copy_differences(
             .map_err(|e| e.to_string())?;
         let len = st.len.max(1);
         if !st.allocated {
-            let mut done = 0;
-            while done < len {
-                let n = CHUNK.min(len - done);
-                old_buf.resize(n as usize, 0);
-                new_buf.resize(n as usize, 0);
-                let at = off + done;
-                img.read_at(&mut old_buf, at).map_err(|e| e.to_string())?;
-                read_or_zero(new.as_deref_mut(), &mut new_buf, at)?;
-                // Cluster by cluster (aligned to the image's clusters), as qemu-img does.
-                let mut p = 0u64;
-                while p < n {
-                    let g = at + p;
-                    let q = (n).min(p + cs - g % cs);
-                    let (s, e) = (p as usize, q as usize);
-                    if old_buf[s..e] != new_buf[s..e] {
-                        img.write_at(&old_buf[s..e], g).map_err(|e| e.to_string())?;
-                    }
-                    p = q;
+            let end = off + len;
+            let mut p = off;
+            while p < end {
+                let (zo, lo) = zero_run(img.backing_mut(), p, end - p)?;
+                let (zn, ln) = match new.as_deref_mut() {
+                    Some(d) => zero_run(Some(d), p, end - p)?,
+                    None => (true, end - p),
+                };
+                let n = lo.min(ln);
+                if !(zo && zn) {
+                    copy_range(img, new.as_deref_mut(), p, n, &mut bufs)?;
                 }
-                done += n;
+                p += n;
             }
         }
         off += len;
+    }
+    Ok(())
+}
+
+/// Copy the old content of `len` bytes at `off` into `img` wherever it differs from
+/// `new`'s, cluster by cluster (aligned to the image's clusters).
+fn copy_range(
+    img: &mut Qcow2,
+    mut new: Option<&mut (dyn BlockDevice + 'static)>,
+    off: u64,
+    len: u64,
+    (old_buf, new_buf): &mut (Vec<u8>, Vec<u8>),
+) -> Result<(), String> {
+    let cs = img.header().cluster_size();
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        old_buf.resize(n as usize, 0);
+        new_buf.resize(n as usize, 0);
+        let at = off + done;
+        img.read_at(old_buf, at).map_err(|e| e.to_string())?;
+        read_or_zero(new.as_deref_mut(), new_buf, at)?;
+        let mut p = 0u64;
+        while p < n {
+            let g = at + p;
+            let q = n.min(p + cs - g % cs);
+            let (s, e) = (p as usize, q as usize);
+            if old_buf[s..e] != new_buf[s..e] {
+                img.write_at(&old_buf[s..e], g).map_err(|e| e.to_string())?;
+            }
+            p = q;
+        }
+        done += n;
     }
     Ok(())
 }
