@@ -10,6 +10,30 @@ use std::path::Path;
 use std::process::Command;
 use support::*;
 
+/// Run `f`, retrying while the image is locked: another test's child process may hold a
+/// copy of a just-closed image's descriptor (and so its lock) between fork and exec.
+fn retry<T>(f: impl Fn() -> kiln_block::Result<T>) -> T {
+    for _ in 0..200 {
+        match f() {
+            Err(Error::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            r => return r.unwrap(),
+        }
+    }
+    panic!("image stayed locked");
+}
+
+fn ropen(path: &Path, read_only: bool) -> Box<dyn BlockDevice> {
+    retry(|| {
+        kiln_block::open(
+            path,
+            &kiln_block::OpenOptions {
+                read_only,
+                ..Default::default()
+            },
+        )
+    })
+}
+
 fn info_json(img: &Path) -> String {
     let out = qemu("qemu-img", &["info", "--output=json", s(img)]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -35,7 +59,7 @@ fn create(path: &Path, size: u64, cluster_size: u64, backing: Option<&str>) {
 
 fn kiln_check_clean(img: &Path, what: &str) {
     assert_eq!(qemu_check(img), 0, "{what}: qemu-img check");
-    let r = qcow2::check::check(img).unwrap();
+    let r = retry(|| qcow2::check::check(img));
     assert_eq!((r.corruptions, r.leaks), (0, 0), "{what}: {:?}", r.messages);
 }
 
@@ -48,16 +72,16 @@ fn grow_across_l1_growth_with_512_byte_clusters_keeps_data() {
     create(&img, 1 << 20, 512, None);
     let old = data(7, 1 << 20);
     {
-        let mut q = open(&img, false);
+        let mut q = ropen(&img, false);
         q.write_at(&old, 0).unwrap();
         q.flush().unwrap();
     }
     let before = std::fs::read(&img).unwrap();
-    let l1_before = Qcow2::open(&img, true).unwrap().header().l1_table_offset;
+    let l1_before = retry(|| Qcow2::open(&img, true)).header().l1_table_offset;
     let copy = d.join("q.qcow2");
     std::fs::write(&copy, &before).unwrap();
     let new_size = 10 << 20;
-    let mut q = open_qcow2_rw(&img).unwrap();
+    let mut q = retry(|| open_qcow2_rw(&img));
     q.resize(new_size, false).unwrap();
     assert_eq!(q.size(), new_size);
     let h = q.header().clone();
@@ -77,7 +101,7 @@ fn grow_across_l1_growth_with_512_byte_clusters_keeps_data() {
     );
     let mut want = qemu_raw(d, &copy);
     want[9 << 20..(9 << 20) + tail.len()].copy_from_slice(&tail);
-    let got = read_all(open(&img, true).as_mut());
+    let got = read_all(ropen(&img, true).as_mut());
     assert_same(&got, &want, "grown image");
     assert_same(&got[..1 << 20], &old, "old data");
 }
@@ -90,13 +114,13 @@ fn shrink_needs_permission_and_drops_the_tail() {
     create(&img, 4 << 20, 65536, None);
     let old = data(9, 4 << 20);
     {
-        let mut q = open(&img, false);
+        let mut q = ropen(&img, false);
         q.write_at(&old, 0).unwrap();
         q.flush().unwrap();
     }
     let copy = d.join("q.qcow2");
     std::fs::copy(&img, &copy).unwrap();
-    let mut q = open_qcow2_rw(&img).unwrap();
+    let mut q = retry(|| open_qcow2_rw(&img));
     match q.resize(1 << 20, false) {
         Err(Error::InvalidArgument(m)) => assert!(m.contains("--shrink"), "{m}"),
         other => panic!("shrink without permission: {other:?}"),
@@ -118,14 +142,14 @@ fn shrink_needs_permission_and_drops_the_tail() {
         &["resize", "--shrink", s(&copy), &small.to_string()],
     );
     qemu_same(&img, &copy);
-    let got = read_all(open(&img, true).as_mut());
+    let got = read_all(ropen(&img, true).as_mut());
     assert_same(&got, &old[..small as usize], "shrunk data");
     // Grow back: the dropped part reads as zeros.
-    let mut q = open_qcow2_rw(&img).unwrap();
+    let mut q = retry(|| open_qcow2_rw(&img));
     q.resize(4 << 20, false).unwrap();
     drop(q);
     kiln_check_clean(&img, "regrown");
-    let got = read_all(open(&img, true).as_mut());
+    let got = read_all(ropen(&img, true).as_mut());
     assert_same(&got[..small as usize], &old[..small as usize], "kept data");
     assert!(
         got[small as usize..].iter().all(|&b| b == 0),
@@ -140,7 +164,7 @@ fn growing_an_overlay_hides_the_longer_backing_file() {
     let base = d.join("base.qcow2");
     create(&base, 2 << 20, 65536, None);
     {
-        let mut b = open(&base, false);
+        let mut b = ropen(&base, false);
         b.write_at(&data(3, 2 << 20), 0).unwrap();
         b.flush().unwrap();
     }
@@ -161,13 +185,13 @@ fn growing_an_overlay_hides_the_longer_backing_file() {
     );
     let copy = d.join("ov2.qcow2");
     std::fs::copy(&ov, &copy).unwrap();
-    let mut q = open_qcow2_rw(&ov).unwrap();
+    let mut q = retry(|| open_qcow2_rw(&ov));
     q.resize(3 << 20, false).unwrap();
     drop(q);
     kiln_check_clean(&ov, "grown overlay");
     qemu("qemu-img", &["resize", s(&copy), "3M"]);
     qemu_same(&ov, &copy);
-    let got = read_all(open(&ov, true).as_mut());
+    let got = read_all(ropen(&ov, true).as_mut());
     assert!(got[1 << 20..].iter().all(|&b| b == 0));
 }
 
@@ -177,7 +201,7 @@ fn snapshots_block_shrinking() {
     let img = dir.path().join("a.qcow2");
     create(&img, 4 << 20, 65536, None);
     qemu("qemu-img", &["snapshot", "-c", "s1", s(&img)]);
-    let mut q = Qcow2::open(&img, false).unwrap();
+    let mut q = retry(|| Qcow2::open(&img, false));
     assert!(q.resize(1 << 20, true).is_err());
     assert_eq!(q.size(), 4 << 20);
 }
@@ -191,12 +215,12 @@ fn make_empty_leaves_a_clean_empty_overlay() {
     let ov = d.join("ov.qcow2");
     create(&ov, 8 << 20, 512, Some("base.qcow2"));
     {
-        let mut q = open(&ov, false);
+        let mut q = ropen(&ov, false);
         q.write_at(&data(4, 3 << 20), 1 << 20).unwrap();
         q.write_zeroes(5 << 20, 1 << 20).unwrap();
         q.flush().unwrap();
     }
-    let mut q = Qcow2::open(&ov, false).unwrap();
+    let mut q = retry(|| Qcow2::open(&ov, false));
     q.make_empty().unwrap();
     drop(q);
     kiln_check_clean(&ov, "emptied");
@@ -216,23 +240,30 @@ fn backing_file_rewrite_keeps_other_extensions() {
         create(&b, 1 << 20, cluster, None);
         let ov = d.join("ov.qcow2");
         create(&ov, 1 << 20, cluster, Some("a.qcow2"));
-        let mut q = Qcow2::open(&ov, false).unwrap();
+        let mut q = retry(|| Qcow2::open(&ov, false));
         q.set_backing_file(Some("b.qcow2"), Some("qcow2")).unwrap();
         drop(q);
         kiln_check_clean(&ov, "rebased");
+        let h = retry(|| Qcow2::open(&ov, true)).header().clone();
+        assert_eq!(h.backing_file.as_deref(), Some("b.qcow2"));
+        assert_eq!(
+            h.feature_names.is_empty(),
+            cluster <= 4096,
+            "the feature-name table is kept"
+        );
         let info = info_json(&ov);
         assert!(info.contains("\"backing-filename\": \"b.qcow2\""), "{info}");
         assert!(
             info.contains("\"backing-filename-format\": \"qcow2\""),
             "{info}"
         );
-        let mut q = Qcow2::open(&ov, false).unwrap();
+        let mut q = retry(|| Qcow2::open(&ov, false));
         q.set_backing_file(None, None).unwrap();
         drop(q);
         let info = info_json(&ov);
         assert!(!info.contains("backing-filename"), "{info}");
         // A name too long for cluster 0 is refused and changes nothing.
-        let mut q = Qcow2::open(&ov, false).unwrap();
+        let mut q = retry(|| Qcow2::open(&ov, false));
         let long = "x".repeat(1000);
         let r = q.set_backing_file(Some(&long), Some("qcow2"));
         assert_eq!(r.is_err(), cluster == 512, "{r:?}");
