@@ -224,6 +224,8 @@ fn map_json_and_human_equal_qemu_img_map() {
         assert_eq!(got.code(), code, "{img}: human map status: {got:?}");
         assert_eq!(got.stdout, want, "{img}: human map");
     }
+    k(d, &["img", "map", "missing.qcow2"]).expect_error("missing.qcow2");
+    k(d, &["img", "map", "--output", "xml", "base.qcow2"]).expect_error("--output");
 }
 
 #[test]
