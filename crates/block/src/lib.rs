@@ -13,9 +13,13 @@ pub mod fuzz;
 mod open;
 pub mod qcow2;
 pub mod raw;
+mod status;
 
 pub use error::{Error, Result};
 pub use open::{open, probe, resolve_backing, OpenOptions, MAX_CHAIN_DEPTH};
+pub use status::{
+    backing_chain, chain_status, open_qcow2_rw, resize_image, BlockStatus, ChainLink,
+};
 
 use std::fmt;
 
@@ -101,6 +105,17 @@ pub trait BlockDevice: Send + fmt::Debug {
     fn extent(&mut self, offset: u64, len: u64) -> Result<(Extent, u64)> {
         let _ = offset;
         Ok((Extent::Data, len))
+    }
+
+    /// This image's own view of the range at `offset` (qemu's block status, without
+    /// looking at backing files); `len` of the result is at least 1 and at most `len`.
+    fn block_status(&mut self, offset: u64, len: u64) -> Result<BlockStatus> {
+        status::from_extent(self, offset, len)
+    }
+
+    /// The backing device, if one is attached.
+    fn backing_mut(&mut self) -> Option<&mut dyn BlockDevice> {
+        None
     }
 }
 

@@ -1,14 +1,20 @@
 //! `kiln img`: the disk-image tool (create, info, check, convert, bench, read, write,
-//! snapshot), in the spirit of `qemu-img` and with its option names, on the `kiln-block`
-//! crate.
+//! snapshot, resize, map, compare, commit, rebase), in the spirit of `qemu-img` and with
+//! its option names, on the `kiln-block` crate.
 //!
 //! Exit statuses: 0 success, 1 error (one line on stderr), and for `check` 2 (corruptions)
-//! or 3 (leaked clusters only), as qemu-img.
+//! or 3 (leaked clusters only), as qemu-img; `compare` exits 0 (identical), 1 (different)
+//! or 2 (error).
 
 mod bench;
 mod check;
+mod commit;
+mod compare;
 mod create;
 mod info;
+mod map;
+mod rebase;
+mod resize;
 mod rw;
 mod snapshot;
 
@@ -200,6 +206,78 @@ pub enum ImgCommand {
         /// Guest offset.
         offset: String,
     },
+    /// Change an image's virtual size: `resize [-f fmt] [--shrink] FILE [+|-]SIZE`.
+    Resize {
+        /// Image format (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Allow making the image smaller (data past the new end is lost).
+        #[arg(long)]
+        shrink: bool,
+        /// The image.
+        file: PathBuf,
+        /// New size, or +SIZE / -SIZE relative to the current one.
+        #[arg(allow_hyphen_values = true)]
+        size: String,
+    },
+    /// Show where an image's data lives, as `qemu-img map` (depth: backing chain level).
+    Map {
+        /// Image format (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Output format: human or json.
+        #[arg(long, default_value = "human")]
+        output: String,
+        /// The image.
+        file: PathBuf,
+    },
+    /// Compare two images' contents (exit 0 identical, 1 different, 2 error).
+    Compare {
+        /// Format of the first image (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Format of the second image (default: probe).
+        #[arg(short = 'F')]
+        format2: Option<String>,
+        /// Strict: sizes and allocation must match too.
+        #[arg(short = 's')]
+        strict: bool,
+        /// First image.
+        file1: PathBuf,
+        /// Second image.
+        file2: PathBuf,
+    },
+    /// Write an overlay's data into its backing file, then empty the overlay.
+    Commit {
+        /// Image format (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Commit into this image of the backing chain (implies -d).
+        #[arg(short = 'b')]
+        base: Option<String>,
+        /// Keep the overlay's data (do not empty it).
+        #[arg(short = 'd')]
+        drop: bool,
+        /// The overlay.
+        file: PathBuf,
+    },
+    /// Change an image's backing file, copying what differs unless -u.
+    Rebase {
+        /// Image format (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Unsafe: only rewrite the backing file name and format.
+        #[arg(short = 'u')]
+        unsafe_mode: bool,
+        /// New backing file ("" for none), relative to FILE's directory.
+        #[arg(short = 'b', required = true)]
+        backing: String,
+        /// New backing file's format.
+        #[arg(short = 'F')]
+        backing_format: Option<String>,
+        /// The image.
+        file: PathBuf,
+    },
 }
 
 /// Run an image subcommand; returns the exit status, or a one-line error.
@@ -316,6 +394,49 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             file: &file,
             offset: &offset,
         }),
+        ImgCommand::Resize {
+            format,
+            shrink,
+            file,
+            size,
+        } => resize::resize(format.as_deref(), shrink, &file, &size),
+        ImgCommand::Map {
+            format,
+            output,
+            file,
+        } => map::map(format.as_deref(), &output, &file),
+        ImgCommand::Compare {
+            format,
+            format2,
+            strict,
+            file1,
+            file2,
+        } => Ok(compare::compare(
+            format.as_deref(),
+            format2.as_deref(),
+            strict,
+            &file1,
+            &file2,
+        )),
+        ImgCommand::Commit {
+            format,
+            base,
+            drop,
+            file,
+        } => commit::commit(format.as_deref(), base.as_deref(), drop, &file),
+        ImgCommand::Rebase {
+            format,
+            unsafe_mode,
+            backing,
+            backing_format,
+            file,
+        } => rebase::rebase(
+            format.as_deref(),
+            unsafe_mode,
+            &backing,
+            backing_format.as_deref(),
+            &file,
+        ),
     }
 }
 

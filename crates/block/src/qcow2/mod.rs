@@ -18,17 +18,21 @@ mod cache;
 pub mod check;
 mod create;
 pub mod header;
+mod header_update;
 mod refcount;
 pub mod repair;
+mod resize;
 pub mod snapshot;
 mod snapshot_ops;
+mod status;
+mod unmap;
 mod write;
 
 pub use create::{create, CreateOptions};
 pub use header::{Compression, Header};
 
 use crate::fileio::{file_len, read_full, sync};
-use crate::{check_range, BlockDevice, Error, Extent, Format, Result};
+use crate::{check_range, BlockDevice, BlockStatus, Error, Extent, Format, Result};
 use cache::Cache;
 use header::INCOMPAT_CORRUPT;
 use std::collections::HashSet;
@@ -524,5 +528,17 @@ impl BlockDevice for Qcow2 {
             done += n.min(len - done);
         }
         Ok((kind.unwrap_or(Extent::Data), done))
+    }
+
+    fn block_status(&mut self, offset: u64, len: u64) -> Result<BlockStatus> {
+        check_range(offset, len, self.h.size)?;
+        self.status_at(offset, len)
+    }
+
+    fn backing_mut(&mut self) -> Option<&mut dyn BlockDevice> {
+        match self.backing.as_mut() {
+            Some(b) => Some(b.as_mut()),
+            None => None,
+        }
     }
 }

@@ -1,0 +1,123 @@
+//! Unmapping qcow2 guest clusters (they become unallocated again, reading from the
+//! backing file): used by shrinking and by emptying an overlay after `commit`.
+//! Order: L2 entries and L1 entries are cleared and flushed first, refcounts drop after.
+
+use super::{Qcow2, L1_OFFSET_MASK, L2_OFFSET_MASK, OFLAG_COMPRESSED};
+use crate::fileio::{punch_hole, sync, write_meta};
+use crate::{Error, Result};
+
+impl Qcow2 {
+    fn check_unmappable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly("image is open read-only".into()));
+        }
+        if self.h.incompatible_features & super::header::INCOMPAT_CORRUPT != 0 {
+            return Err(Error::Corrupt(
+                "image is marked corrupt; writes are refused".into(),
+            ));
+        }
+        if self.h.nb_snapshots > 0 {
+            return Err(Error::Unsupported(
+                "unmapping clusters of qcow2 images with internal snapshots is not supported"
+                    .into(),
+            ));
+        }
+        if self.h.extended_l2() {
+            return Err(Error::Unsupported(
+                "unmapping clusters of qcow2 images with extended L2 entries is not supported yet"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Host clusters an L2 entry holds a reference to.
+    fn entry_clusters(&self, e: u64, out: &mut Vec<u64>) {
+        let cs = self.cluster_size;
+        if e & OFLAG_COMPRESSED != 0 {
+            let shift = 62 - (self.h.cluster_bits - 8);
+            let mask = (1u64 << (self.h.cluster_bits - 8)) - 1;
+            let offset = e & ((1u64 << shift) - 1);
+            let sectors = ((e >> shift) & mask) + 1;
+            let start = offset & !511;
+            out.extend(start / cs..=(start + sectors * 512 - 1) / cs);
+            return;
+        }
+        let host = e & L2_OFFSET_MASK;
+        if host != 0 {
+            out.push(host / cs);
+        }
+    }
+
+    /// Make guest clusters `first..end` (cluster indices) unallocated, freeing what they
+    /// (and L2 tables that become unused) referenced.
+    pub(crate) fn unmap_clusters(&mut self, first: u64, end: u64) -> Result<()> {
+        self.check_unmappable()?;
+        if first >= end || self.l1.is_empty() {
+            return Ok(());
+        }
+        self.zcache = None;
+        let cs = self.cluster_size;
+        let l2e = self.h.l2_entries();
+        let mut frees = Vec::new();
+        let mut cleared_l1 = Vec::new();
+        let last_i1 = ((end - 1) / l2e).min(self.l1.len().saturating_sub(1) as u64);
+        for i1 in first / l2e..=last_i1 {
+            let l2off = self.l1[i1 as usize] & L1_OFFSET_MASK;
+            if l2off == 0 {
+                continue;
+            }
+            let base = i1 * l2e;
+            let lo = first.max(base) - base;
+            let hi = end.min(base + l2e) - base;
+            let mut table = self.l2_table(l2off)?.clone();
+            for j in lo..hi {
+                let e = table[j as usize];
+                self.entry_clusters(e, &mut frees);
+                table[j as usize] = 0;
+            }
+            if lo == 0 && hi == l2e {
+                cleared_l1.push(i1 as usize);
+                frees.push(l2off / cs);
+            } else {
+                let bytes: Vec<u8> = table[lo as usize..hi as usize]
+                    .iter()
+                    .flat_map(|e| e.to_be_bytes())
+                    .collect();
+                write_meta(&self.file, &bytes, l2off + lo * 8)?;
+            }
+            *self.l2_table(l2off)? = table;
+        }
+        for &i1 in &cleared_l1 {
+            write_meta(
+                &self.file,
+                &0u64.to_be_bytes(),
+                self.h.l1_table_offset + 8 * i1 as u64,
+            )?;
+            self.l1[i1] = 0;
+        }
+        if frees.is_empty() {
+            return Ok(());
+        }
+        // The references are gone on disk before any refcount drops.
+        sync(&self.file)?;
+        for c in frees {
+            // A reference to a free cluster (a corrupt image) is simply gone now.
+            if self.refcount(c)? == 0 {
+                continue;
+            }
+            self.update_refcount(c, -1, &[])?;
+            if self.refcount(c)? == 0 {
+                self.meta.remove(&c);
+                punch_hole(&self.file, c * cs, cs)?;
+            }
+        }
+        sync(&self.file)
+    }
+
+    /// Make every guest cluster unallocated (what `qemu-img commit` leaves in the overlay).
+    pub fn make_empty(&mut self) -> Result<()> {
+        let clusters = self.h.size.div_ceil(self.cluster_size);
+        self.unmap_clusters(0, clusters)
+    }
+}

@@ -1,0 +1,125 @@
+//! `kiln img map`: where each range of an image's guest view comes from, walking the
+//! backing chain, in qemu-img map's human and JSON formats (entries merged as qemu-img
+//! merges them).
+
+use super::{open_image, parse_format};
+use kiln_block::{backing_chain, chain_status};
+use std::path::Path;
+
+/// One map entry, as qemu-img's `MapEntry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    start: u64,
+    length: u64,
+    depth: u32,
+    present: bool,
+    zero: bool,
+    data: bool,
+    compressed: bool,
+    offset: Option<u64>,
+}
+
+impl Entry {
+    /// Whether `next` continues this entry (qemu-img's `entry_mergeable`).
+    fn mergeable(&self, next: &Entry) -> bool {
+        self.length != 0
+            && self.zero == next.zero
+            && self.data == next.data
+            && self.compressed == next.compressed
+            && self.depth == next.depth
+            && self.present == next.present
+            && match (self.offset, next.offset) {
+                (Some(a), Some(b)) => a + self.length == b,
+                (None, None) => true,
+                _ => false,
+            }
+    }
+
+    fn json(&self) -> String {
+        let mut s = format!(
+            "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
+            self.start, self.length, self.depth, self.present, self.zero, self.data, self.compressed
+        );
+        if let Some(o) = self.offset {
+            s += &format!(", \"offset\": {o}");
+        }
+        s.push('}');
+        s
+    }
+}
+
+/// `%#-16x` of C: "0" for zero, else 0x-prefixed hex, left-aligned in 16 columns.
+fn hex16(v: u64) -> String {
+    let s = if v == 0 {
+        "0".to_string()
+    } else {
+        format!("{v:#x}")
+    };
+    format!("{s:<16}")
+}
+
+/// `kiln img map [-f fmt] [--output human|json] FILE`.
+pub(super) fn map(format: Option<&str>, output: &str, file: &Path) -> Result<u8, String> {
+    if output != "human" && output != "json" {
+        return Err(format!("--output must be human or json, not '{output}'"));
+    }
+    let fmt = parse_format(format)?;
+    let chain = backing_chain(file, fmt).map_err(|e| e.to_string())?;
+    let mut img = open_image(file, format, true)?;
+    let size = img.size();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut off = 0;
+    while off < size {
+        let (depth, st) = chain_status(img.as_mut(), off, size - off).map_err(|e| e.to_string())?;
+        let e = Entry {
+            start: off,
+            length: st.len,
+            depth,
+            present: st.allocated,
+            zero: st.zero,
+            data: st.data,
+            compressed: st.compressed,
+            offset: st.offset,
+        };
+        off += st.len.max(1);
+        match entries.last_mut() {
+            Some(last) if last.mergeable(&e) => last.length += e.length,
+            _ => entries.push(e),
+        }
+    }
+    if entries.is_empty() {
+        // qemu-img's entry for an empty image.
+        entries.push(Entry {
+            start: 0,
+            length: 0,
+            depth: 0,
+            present: false,
+            zero: false,
+            data: false,
+            compressed: false,
+            offset: None,
+        });
+    }
+    if output == "json" {
+        let lines: Vec<String> = entries.iter().map(Entry::json).collect();
+        println!("[{}]", lines.join(",\n"));
+        return Ok(0);
+    }
+    println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
+    for e in &entries {
+        let Some(o) = e.offset.filter(|_| e.data) else {
+            if e.data {
+                return Err("File contains external, encrypted or compressed clusters.".into());
+            }
+            continue;
+        };
+        if !e.zero {
+            let name = chain.get(e.depth as usize).map_or_else(
+                || file.display().to_string(),
+                |l| l.path.display().to_string(),
+            );
+            println!("{}{}{}{name}", hex16(e.start), hex16(e.length), hex16(o));
+        }
+    }
+    Ok(0)
+}
