@@ -9,6 +9,7 @@
 mod error;
 mod fileio;
 mod open;
+pub mod qcow1;
 pub mod qcow2;
 pub mod raw;
 
@@ -24,14 +25,17 @@ pub enum Format {
     Raw,
     /// QEMU's copy-on-write format, versions 2 and 3.
     Qcow2,
+    /// QEMU's legacy qcow format (version 1), read-only.
+    Qcow,
 }
 
 impl Format {
-    /// The name qemu-img uses (`raw`, `qcow2`).
+    /// The name qemu-img uses (`raw`, `qcow2`, `qcow`).
     pub fn name(self) -> &'static str {
         match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
+            Format::Qcow => "qcow",
         }
     }
 
@@ -40,8 +44,9 @@ impl Format {
         match name {
             "raw" => Ok(Format::Raw),
             "qcow2" => Ok(Format::Qcow2),
+            "qcow" => Ok(Format::Qcow),
             other => Err(Error::Unsupported(format!(
-                "unknown image format '{other}' (supported: raw, qcow2)"
+                "unknown image format '{other}' (supported: raw, qcow2, qcow)"
             ))),
         }
     }

@@ -5,6 +5,7 @@
 //! or 3 (leaked clusters only), as qemu-img.
 
 mod check;
+mod compress;
 mod create;
 mod info;
 mod rw;
@@ -73,7 +74,7 @@ pub enum ImgCommand {
         /// Output format options, as for create.
         #[arg(short = 'o')]
         options: Vec<String>,
-        /// Compress the output (not supported yet).
+        /// Compress the output (qcow2: compressed clusters, -o compression_type=zlib|zstd).
         #[arg(short = 'c')]
         compress: bool,
         /// Show progress on stderr.

@@ -14,10 +14,12 @@
 
 mod cache;
 pub mod check;
+mod compress;
 mod create;
 pub mod header;
 mod refcount;
 mod write;
+mod write_extl2;
 
 pub use create::{create, CreateOptions};
 pub use header::{Compression, Header};
@@ -85,6 +87,8 @@ pub struct Qcow2 {
     free_hint: u64,
     /// The last decompressed cluster: (host offset of the compressed data, bytes).
     zcache: Option<(u64, Vec<u8>)>,
+    /// Where the next compressed cluster's bytes go (0: start a new host cluster).
+    zfree: u64,
 }
 
 impl std::fmt::Debug for Qcow2 {
@@ -199,6 +203,7 @@ impl Qcow2 {
             meta,
             free_hint: 0,
             zcache: None,
+            zfree: 0,
             h,
         })
     }
@@ -333,23 +338,16 @@ impl Qcow2 {
     /// The decompressed contents of a compressed cluster.
     fn decompress(&mut self, offset: u64, size: u64) -> Result<&[u8]> {
         if self.zcache.as_ref().map(|z| z.0) != Some(offset) {
-            if self.h.compression != Compression::Zlib {
-                return Err(Error::Unsupported(
-                    "zstd-compressed clusters are not supported yet".into(),
-                ));
-            }
             let flen = file_len(&self.file)?;
             let avail = flen.saturating_sub(offset).min(size);
             let mut input = vec![0u8; avail as usize];
             read_full(&self.file, &mut input, offset)?;
             let mut out = vec![0u8; self.cluster_size as usize];
-            let mut d = flate2::Decompress::new(false);
-            let res = d.decompress(&input, &mut out, flate2::FlushDecompress::Finish);
-            if res.is_err() || d.total_out() != self.cluster_size {
-                return Err(Error::Corrupt(format!(
-                    "compressed cluster at host offset {offset:#x} does not decompress to a full cluster"
-                )));
-            }
+            compress::decompress_cluster(self.h.compression, &input, &mut out).map_err(|e| {
+                Error::Corrupt(format!(
+                    "compressed cluster at host offset {offset:#x}: {e}"
+                ))
+            })?;
             self.zcache = Some((offset, out));
         }
         Ok(&self.zcache.as_ref().expect("filled").1)
