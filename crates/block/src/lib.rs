@@ -1,6 +1,7 @@
 //! Kiln's disk images: the [`BlockDevice`] trait every image format implements, raw files
 //! ([`raw::RawFile`]), qcow2 ([`qcow2::Qcow2`], our own implementation of QEMU's
-//! `docs/interop/qcow2.txt`) and backing chains, plus format probing ([`open`]).
+//! `docs/interop/qcow2.txt`), legacy qcow version 1 read-only ([`qcow1::Qcow1`]) and
+//! backing chains, plus format probing ([`open`]).
 //!
 //! The core is synchronous: every call finishes its I/O before it returns. Crash safety
 //! follows QEMU's ordering rules (see [`qcow2`]); [`BlockDevice::flush`] is a real

@@ -215,3 +215,55 @@ fn compressed_writes_are_refused_unaligned_and_on_read_only_images() {
     let e = q.write_compressed(0, &[1u8; 65536]).unwrap_err();
     assert!(e.to_string().contains("read-only"), "{e}");
 }
+
+#[test]
+fn compressed_clusters_with_narrow_refcounts_v2_and_extended_l2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size = 3u64 << 20;
+    let cases = [
+        // One-bit refcounts: a host cluster holds one compressed cluster only.
+        CreateOptions {
+            size,
+            cluster_size: 4096,
+            refcount_bits: 1,
+            ..Default::default()
+        },
+        CreateOptions {
+            size,
+            version: 2,
+            ..Default::default()
+        },
+        CreateOptions {
+            size,
+            refcount_bits: 64,
+            extended_l2: true,
+            compression: Compression::Zstd,
+            ..Default::default()
+        },
+    ];
+    for (i, opts) in cases.iter().enumerate() {
+        let img = d.join("c.qcow2");
+        qcow2::create(&img, opts).unwrap();
+        let mut want = compressible(i as u64 + 40, size as usize);
+        let mut q = Qcow2::open(&img, false).unwrap();
+        write_all_compressed(&mut q, &want);
+        drop(q);
+        verify(d, &img, &want, &format!("case {i}"));
+        assert!(qemu_compressed_pct(&img) > 10.0, "case {i}");
+        let mut dev = open(&img, false);
+        let mut rng = Rng(i as u64);
+        for _ in 0..30 {
+            let len = 1 + rng.below(20_000);
+            let off = rng.below(size - len);
+            let b = rng.bytes(len as usize);
+            dev.write_at(&b, off).unwrap();
+            want[off as usize..(off + len) as usize].copy_from_slice(&b);
+        }
+        dev.discard(65536, 3 * 65536 + 1000).unwrap();
+        want[65536..4 * 65536 + 1000].fill(0);
+        dev.flush().unwrap();
+        drop(dev);
+        verify(d, &img, &want, &format!("case {i} overwritten"));
+    }
+}

@@ -235,3 +235,72 @@ impl Qcow2 {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{compress_cluster, decompress_cluster};
+    use crate::qcow2::header::Compression;
+
+    fn text(n: usize) -> Vec<u8> {
+        (0..n).map(|i| b"compressible cluster "[i % 21]).collect()
+    }
+
+    #[test]
+    fn clusters_round_trip_and_incompressible_ones_are_refused() {
+        for alg in [Compression::Zlib, Compression::Zstd] {
+            for cs in [512usize, 4096, 65536, 2 << 20] {
+                let d = text(cs);
+                let z = compress_cluster(alg, &d).expect("text compresses");
+                assert!(z.len() < cs - 1);
+                // Sector padding after the data is ignored.
+                let mut padded = z.clone();
+                padded.resize(z.len().div_ceil(512) * 512 + 512, 0xee);
+                let mut out = vec![0u8; cs];
+                decompress_cluster(alg, &padded, &mut out).unwrap();
+                assert_eq!(out, d, "{} {cs}", alg.name());
+                // Truncated data is an error.
+                assert!(decompress_cluster(alg, &z[..z.len() / 2], &mut out).is_err());
+            }
+            let mut x = 0x1234_5678_9abc_def1u64;
+            let noise: Vec<u8> = (0..65536)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            assert!(compress_cluster(alg, &noise).is_none());
+        }
+    }
+
+    #[test]
+    fn hostile_compressed_data_is_an_error_not_a_panic() {
+        let mut x = 88172645463325252u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let good = compress_cluster(Compression::Zstd, &text(65536)).unwrap();
+        let mut out = vec![0u8; 65536];
+        for round in 0..400 {
+            let len = (next() % 3000) as usize;
+            let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 0 {
+                // A real frame with bytes flipped here and there.
+                input = good.clone();
+                for _ in 0..1 + next() % 8 {
+                    let i = (next() as usize) % input.len();
+                    input[i] ^= next() as u8 | 1;
+                }
+            } else if round % 3 == 0 && len >= 4 {
+                input[..4].copy_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+            }
+            for alg in [Compression::Zlib, Compression::Zstd] {
+                let _ = decompress_cluster(alg, &input, &mut out);
+            }
+        }
+    }
+}

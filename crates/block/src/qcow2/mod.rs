@@ -1,6 +1,7 @@
 //! qcow2, written from QEMU's `docs/interop/qcow2.txt`: open (v2/v3), reads through the
 //! L1/L2 tables with an L2 cache, and (in [`write`]) allocating writes in QEMU's
-//! crash-safe order.
+//! crash-safe order; `write_extl2` does the same for extended L2 entries (subclusters)
+//! and `compress` writes compressed clusters (zlib, zstd).
 //!
 //! Crash-safety rules kept by every write path:
 //! - refcount increments reach the disk (and are flushed) before any L1/L2 entry points
