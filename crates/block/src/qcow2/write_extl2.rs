@@ -283,6 +283,7 @@ impl Qcow2 {
         let scs = cs / 32;
         let end = offset + len;
         let disk_end = self.h.size;
+        let has_backing = self.backing.is_some() || self.h.backing_file.is_some();
         let mut g = offset;
         let mut dirty = BTreeMap::new();
         let mut frees = Vec::new();
@@ -310,6 +311,10 @@ impl Qcow2 {
                 partial.push((guest + sb * scs, hi - sb * scs));
             }
             let (entry, bitmap) = self.ext_entry(guest)?;
+            if entry == 0 && bitmap & ALL_ZERO == 0 && !has_backing {
+                // Unallocated without a backing file: already reads as zeros.
+                continue;
+            }
             let (i1, _) = self.indices(guest);
             if sa == 0 && sb == 32 {
                 if entry == 0 && bitmap == ALL_ZERO {
