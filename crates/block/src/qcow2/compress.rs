@@ -179,6 +179,10 @@ impl Qcow2 {
                 buf.extend_from_slice(&packed[j].1);
                 j += 1;
             }
+            // Pad to the end of the last sector (as qemu-img leaves files): those bytes
+            // of the host cluster are unused, the next compressed cluster starts there.
+            let end = start + buf.len() as u64;
+            buf.resize(buf.len() + (end.div_ceil(512) * 512 - end) as usize, 0);
             self.check_overlap(start, buf.len() as u64)?;
             write_full(&self.file, &buf, start)?;
             i = j;
