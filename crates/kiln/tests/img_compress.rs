@@ -193,4 +193,14 @@ fn qcow_v1_images_show_info_convert_and_refuse_writes() {
     ])
     .expect_error("read-only");
     run(&["img", "create", "-f", "qcow", &p("new.qcow"), "1M"]).expect_error("read-only");
+    // Encrypted qcow and qcow2 images (crypt_method set: qcow byte 36, qcow2 byte 32).
+    for (fmt, at) in [("qcow", 36usize), ("qcow2", 32)] {
+        let enc = p(&format!("enc.{fmt}"));
+        qemu("qemu-img", &["create", "-f", fmt, &enc, "1M"]);
+        let mut b = std::fs::read(&enc).unwrap();
+        b[at..at + 4].copy_from_slice(&1u32.to_be_bytes());
+        std::fs::write(&enc, b).unwrap();
+        run(&["img", "convert", "-O", "raw", &enc, &p("enc.raw")]).expect_error("encrypted");
+        run(&["img", "info", &enc]).expect_error("encrypted");
+    }
 }
