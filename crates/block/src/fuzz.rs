@@ -1,7 +1,7 @@
 //! The fuzz harness for the image parsers: one input is a sparse image file (the header,
 //! L1/L2 tables, refcount structures and snapshot table are whatever the input holds),
-//! which is opened, read, walked and checked, and optionally written, as a user's command
-//! would. Shared by the cargo-fuzz target `fuzz/fuzz_targets/qcow2.rs` and the stable
+//! which is opened as qcow2 (or legacy qcow when its version field says 1), read, walked
+//! and checked, and optionally written, as a user's command would. Shared by the cargo-fuzz target `fuzz/fuzz_targets/qcow2.rs` and the stable
 //! corpus replay in `crates/block/tests/fuzz_corpus.rs`.
 //!
 //! Input layout: byte 0 holds flags ([`FLAG_WRITE`], [`FLAG_CHECK`]); then chunks, each a
@@ -13,6 +13,7 @@
 //! written, zeroing that succeeded reads back as zeros, and reads never return more or
 //! less than asked.
 
+use crate::qcow1::Qcow1;
 use crate::qcow2::Qcow2;
 use crate::{BlockDevice, Result};
 use std::fs::File;
@@ -188,6 +189,15 @@ pub fn run_one(data: &[u8]) {
             let _ = write_some(&mut img, seed);
             read_all(&mut img, seed);
         }
+    }
+    let mut version = [0u8; 4];
+    let _ = file.read_at(&mut version, 4);
+    if version == [0, 0, 0, 1] {
+        // Legacy qcow: read-only only.
+        if let Ok(mut img) = Qcow1::from_file(file, path) {
+            read_all(&mut img, seed);
+        }
+        return;
     }
     if let Ok(mut img) = Qcow2::from_file(file, path, true) {
         read_all(&mut img, seed);

@@ -1,6 +1,7 @@
 //! Kiln's disk images: the [`BlockDevice`] trait every image format implements, raw files
 //! ([`raw::RawFile`]), qcow2 ([`qcow2::Qcow2`], our own implementation of QEMU's
-//! `docs/interop/qcow2.txt`) and backing chains, plus format probing ([`open`]).
+//! `docs/interop/qcow2.txt`), legacy qcow version 1 read-only ([`qcow1::Qcow1`]) and
+//! backing chains, plus format probing ([`open`]).
 //!
 //! The core is synchronous: every call finishes its I/O before it returns. Crash safety
 //! follows QEMU's ordering rules (see [`qcow2`]); [`BlockDevice::flush`] is a real
@@ -11,6 +12,7 @@ mod fileio;
 #[doc(hidden)]
 pub mod fuzz;
 mod open;
+pub mod qcow1;
 pub mod qcow2;
 pub mod raw;
 mod status;
@@ -30,14 +32,17 @@ pub enum Format {
     Raw,
     /// QEMU's copy-on-write format, versions 2 and 3.
     Qcow2,
+    /// QEMU's legacy qcow format (version 1), read-only.
+    Qcow,
 }
 
 impl Format {
-    /// The name qemu-img uses (`raw`, `qcow2`).
+    /// The name qemu-img uses (`raw`, `qcow2`, `qcow`).
     pub fn name(self) -> &'static str {
         match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
+            Format::Qcow => "qcow",
         }
     }
 
@@ -46,8 +51,9 @@ impl Format {
         match name {
             "raw" => Ok(Format::Raw),
             "qcow2" => Ok(Format::Qcow2),
+            "qcow" => Ok(Format::Qcow),
             other => Err(Error::Unsupported(format!(
-                "unknown image format '{other}' (supported: raw, qcow2)"
+                "unknown image format '{other}' (supported: raw, qcow2, qcow)"
             ))),
         }
     }

@@ -5,6 +5,7 @@
 //! raw (probed or named) never opens a backing file, and a backing file whose format the
 //! overlay names is opened as that format, never probed.
 
+use crate::qcow1::Qcow1;
 use crate::qcow2::Qcow2;
 use crate::raw::RawFile;
 use crate::{BlockDevice, Error, Format, Result};
@@ -26,19 +27,22 @@ pub struct OpenOptions {
     pub no_backing: bool,
 }
 
-/// Guess an image's format from its first bytes: qcow2 if it has the magic, else raw.
+/// Guess an image's format from its first bytes: qcow2 if it has the magic (qcow if the
+/// version is 1), else raw.
 pub fn probe(path: &Path) -> Result<Format> {
     let mut f = File::open(path).map_err(|e| Error::io(path.display().to_string(), e))?;
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; 8];
     let mut got = 0;
-    while got < 4 {
+    while got < 8 {
         match f.read(&mut magic[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) => return Err(Error::io(path.display().to_string(), e)),
         }
     }
-    Ok(if got == 4 && magic == *b"QFI\xfb" {
+    Ok(if got == 8 && magic == *b"QFI\xfb\0\0\0\x01" {
+        Format::Qcow
+    } else if got >= 4 && magic[..4] == *b"QFI\xfb" {
         Format::Qcow2
     } else {
         Format::Raw
@@ -90,6 +94,34 @@ fn open_chain(
     };
     match format {
         Format::Raw => Ok(Box::new(RawFile::open(path, opts.read_only)?)),
+        Format::Qcow => {
+            if !opts.read_only {
+                return Err(Error::ReadOnly(format!(
+                    "{}: qcow (version 1) images can only be opened read-only; convert to qcow2 to write",
+                    path.display()
+                )));
+            }
+            let mut img = Qcow1::open(path)?;
+            if opts.no_backing {
+                return Ok(Box::new(img));
+            }
+            if let Some(name) = img.backing_file().map(str::to_owned) {
+                let bpath = resolve_backing(path, &name);
+                let bopts = OpenOptions {
+                    read_only: true,
+                    format: None,
+                    no_backing: false,
+                };
+                let backing = open_chain(&bpath, &bopts, depth + 1, seen).map_err(|e| {
+                    Error::Invalid(format!(
+                        "{}: could not open backing file: {e}",
+                        path.display()
+                    ))
+                })?;
+                img.set_backing(backing);
+            }
+            Ok(Box::new(img))
+        }
         Format::Qcow2 => {
             let mut img = Qcow2::open(path, opts.read_only)?;
             if opts.no_backing {

@@ -175,5 +175,9 @@ pub fn resize_image(path: &Path, format: Format, size: u64, shrink: bool) -> Res
             let mut img = open_qcow2_rw(path)?;
             img.resize(size, shrink).map_err(|e| e.context(&ctx))
         }
+        Format::Qcow => Err(Error::Unsupported(format!(
+            "{}: qcow (version 1) images are read-only; convert to qcow2 to resize",
+            path.display()
+        ))),
     }
 }

@@ -10,6 +10,7 @@ mod bench;
 mod check;
 mod commit;
 mod compare;
+mod compress;
 mod create;
 mod info;
 mod map;
@@ -85,7 +86,7 @@ pub enum ImgCommand {
         /// Output format options, as for create.
         #[arg(short = 'o')]
         options: Vec<String>,
-        /// Compress the output (not supported yet).
+        /// Compress the output (qcow2: compressed clusters, -o compression_type=zlib|zstd).
         #[arg(short = 'c')]
         compress: bool,
         /// Show progress on stderr.

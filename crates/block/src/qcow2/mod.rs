@@ -1,6 +1,7 @@
 //! qcow2, written from QEMU's `docs/interop/qcow2.txt`: open (v2/v3), reads through the
 //! L1/L2 tables with an L2 cache, and (in [`write`]) allocating writes in QEMU's
-//! crash-safe order.
+//! crash-safe order; `write_extl2` does the same for extended L2 entries (subclusters)
+//! and `compress` writes compressed clusters (zlib, zstd).
 //!
 //! Crash-safety rules kept by every write path:
 //! - refcount increments reach the disk (and are flushed) before any L1/L2 entry points
@@ -16,6 +17,7 @@
 
 mod cache;
 pub mod check;
+mod compress;
 mod create;
 pub mod header;
 mod header_update;
@@ -27,6 +29,7 @@ mod snapshot_ops;
 mod status;
 mod unmap;
 mod write;
+mod write_extl2;
 
 pub use create::{create, CreateOptions};
 pub use header::{Compression, Header};
@@ -104,6 +107,8 @@ pub struct Qcow2 {
     /// Lazy refcounts: None while we have not set the dirty bit, Some(true) once set,
     /// Some(false) after a failed change (the bit then stays set at close).
     dirty_marked: Option<bool>,
+    /// Where the next compressed cluster's bytes go (0: start a new host cluster).
+    zfree: u64,
 }
 
 impl std::fmt::Debug for Qcow2 {
@@ -235,6 +240,7 @@ impl Qcow2 {
             snapshots,
             snapshots_size,
             dirty_marked: None,
+            zfree: 0,
             h,
         })
     }
@@ -371,23 +377,16 @@ impl Qcow2 {
     /// The decompressed contents of a compressed cluster.
     fn decompress(&mut self, offset: u64, size: u64) -> Result<&[u8]> {
         if self.zcache.as_ref().map(|z| z.0) != Some(offset) {
-            if self.h.compression != Compression::Zlib {
-                return Err(Error::Unsupported(
-                    "zstd-compressed clusters are not supported yet".into(),
-                ));
-            }
             let flen = file_len(&self.file)?;
             let avail = flen.saturating_sub(offset).min(size);
             let mut input = vec![0u8; avail as usize];
             read_full(&self.file, &mut input, offset)?;
             let mut out = vec![0u8; self.cluster_size as usize];
-            let mut d = flate2::Decompress::new(false);
-            let res = d.decompress(&input, &mut out, flate2::FlushDecompress::Finish);
-            if res.is_err() || d.total_out() != self.cluster_size {
-                return Err(Error::Corrupt(format!(
-                    "compressed cluster at host offset {offset:#x} does not decompress to a full cluster"
-                )));
-            }
+            compress::decompress_cluster(self.h.compression, &input, &mut out).map_err(|e| {
+                Error::Corrupt(format!(
+                    "compressed cluster at host offset {offset:#x}: {e}"
+                ))
+            })?;
             self.zcache = Some((offset, out));
         }
         Ok(&self.zcache.as_ref().expect("filled").1)

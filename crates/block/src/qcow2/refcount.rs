@@ -68,7 +68,7 @@ impl Qcow2 {
         self.cluster_size * 8 / u64::from(self.h.refcount_bits())
     }
 
-    fn max_refcount(&self) -> u64 {
+    pub(crate) fn max_refcount(&self) -> u64 {
         match self.h.refcount_bits() {
             64 => u64::MAX,
             b => (1u64 << b) - 1,
@@ -137,6 +137,10 @@ impl Qcow2 {
         write_meta(&self.file, &bytes, off + r.start as u64)?;
         if new == 0 && cluster < self.free_hint {
             self.free_hint = cluster;
+        }
+        if delta < 0 && self.zfree != 0 && cluster == self.zfree / cs {
+            // The partly filled cluster for compressed data lost a user: start afresh.
+            self.zfree = 0;
         }
         Ok(())
     }

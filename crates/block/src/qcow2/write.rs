@@ -48,18 +48,13 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(super) fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly("image is open read-only".into()));
         }
         if self.h.incompatible_features & super::header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::Corrupt(
                 "image is marked corrupt; writes are refused".into(),
-            ));
-        }
-        if self.h.extended_l2() {
-            return Err(Error::Unsupported(
-                "writing to qcow2 images with extended L2 entries is not supported yet".into(),
             ));
         }
         Ok(())
@@ -96,6 +91,9 @@ impl Qcow2 {
     /// Write guest data at `offset` (range already checked).
     pub(crate) fn write_guest(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
+        if self.h.extended_l2() {
+            return self.write_guest_extl2(buf, offset);
+        }
         let cs = self.cluster_size;
         let mut pieces = Vec::new();
         let mut done = 0usize;
@@ -197,7 +195,7 @@ impl Qcow2 {
         }
         write_full(&self.file, &data, data_start * cs)?;
         drop(data);
-        let entry_words = self.h.l2_entries() as usize;
+        let entry_words = self.cluster_size as usize / 8;
         for k in 0..new_l2.len() {
             let off = (l2_start + k as u64) * cs;
             self.l2_cache.insert(off, vec![0u64; entry_words]);
@@ -262,7 +260,7 @@ impl Qcow2 {
     }
 
     /// Drop the references the old mappings held, after flushing the new references.
-    fn free_old(&mut self, olds: &[Mapping]) -> Result<()> {
+    pub(super) fn free_old(&mut self, olds: &[Mapping]) -> Result<()> {
         let cs = self.cluster_size;
         let mut clusters = Vec::new();
         for m in olds {
@@ -289,7 +287,7 @@ impl Qcow2 {
     }
 
     /// Give guest L1 index `i1` an (empty) L2 table if it has none; returns its offset.
-    fn ensure_l2(&mut self, i1: usize) -> Result<u64> {
+    pub(super) fn ensure_l2(&mut self, i1: usize) -> Result<u64> {
         let cur = self.own_l2(i1)?;
         if cur != 0 {
             return Ok(cur);
@@ -308,14 +306,16 @@ impl Qcow2 {
         )?;
         self.l1[i1] = e;
         self.meta.insert(c);
-        self.l2_cache
-            .insert(c * cs, vec![0u64; self.h.l2_entries() as usize]);
+        self.l2_cache.insert(c * cs, vec![0u64; cs as usize / 8]);
         Ok(c * cs)
     }
 
     /// Make `len` bytes at `offset` read as zeros, deallocating whole clusters.
     pub(crate) fn zero_guest(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
+        if self.h.extended_l2() {
+            return self.zero_guest_extl2(offset, len);
+        }
         let cs = self.cluster_size;
         let end = offset + len;
         // Whole clusters; the last cluster of the disk counts as whole if it ends there.

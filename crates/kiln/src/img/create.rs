@@ -121,9 +121,15 @@ pub(super) fn create(
     match format {
         Format::Raw => RawFile::create(file, opts.size),
         Format::Qcow2 => qcow2::create(file, &opts),
+        Format::Qcow => return Err(read_only_format()),
     }
     .map_err(|e| e.to_string())?;
     Ok(0)
+}
+
+/// The refusal for creating legacy qcow images.
+fn read_only_format() -> String {
+    "the qcow format (version 1) is supported read-only: create qcow2 images instead".into()
 }
 
 /// Arguments of `kiln img convert`.
@@ -144,10 +150,12 @@ const CHUNK: u64 = 2 << 20;
 
 /// `kiln img convert`.
 pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
-    if a.compress {
-        return Err("compressed output (-c) is not supported yet".into());
-    }
     let out_format = Format::from_name(a.out_format).map_err(|e| e.to_string())?;
+    if a.compress && out_format != Format::Qcow2 {
+        return Err(format!(
+            "compression (-c) is not supported for the {out_format} format"
+        ));
+    }
     let mut src = open_image(a.src, a.format, true)?;
     let size = src.size();
     let mut opts = CreateOptions::default();
@@ -161,8 +169,12 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
             opts.size = size.div_ceil(512) * 512;
             qcow2::create(a.dst, &opts)
         }
+        Format::Qcow => return Err(read_only_format()),
     }
     .map_err(|e| e.to_string())?;
+    if a.compress {
+        return super::compress::copy_compressed(src.as_mut(), a.dst, a.progress);
+    }
     let dopts = OpenOptions {
         read_only: false,
         format: Some(out_format),

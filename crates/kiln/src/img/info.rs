@@ -106,6 +106,16 @@ fn gather(format: Option<&str>, file: &Path) -> Result<ImageInfo, String> {
         backing_filename: None,
         dirty_flag: false,
     };
+    if format == Format::Qcow {
+        let img = kiln_block::qcow1::Qcow1::open(file).map_err(|e| e.to_string())?;
+        info.virtual_size = img.size();
+        info.cluster_size = Some(1 << img.cluster_bits());
+        if let Some(b) = img.backing_file() {
+            info.backing_filename = Some(b.to_string());
+            info.full_backing_filename =
+                Some(kiln_block::resolve_backing(file, b).display().to_string());
+        }
+    }
     if format == Format::Qcow2 {
         let img = Qcow2::open(file, true).map_err(|e| e.to_string())?;
         let h = img.header();
