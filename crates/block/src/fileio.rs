@@ -210,3 +210,21 @@ pub(crate) fn zero_range(file: &File, offset: u64, len: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Reserve `len` bytes at `offset` in the file system (`fallocate`, keeping the size
+/// unchanged only where the range lies inside the file).
+pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> Result<()> {
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(Error::InvalidArgument("allocation range too large".into()));
+    };
+    // SAFETY: fallocate only reads the descriptor number (kept open by `file`) and the
+    // range; it touches no memory of ours.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, off, n) };
+    if r != 0 {
+        return Err(Error::io(
+            format!("fallocate {len} bytes at offset {offset}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}

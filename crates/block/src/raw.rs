@@ -45,6 +45,40 @@ impl RawFile {
         Ok(())
     }
 
+    /// Create `path` as a raw image of `size` bytes with qemu-img's `preallocation` mode:
+    /// `falloc` reserves the space, `full` writes zeros, `metadata` has no meaning for raw.
+    pub fn create_preallocated(path: &Path, size: u64, mode: crate::qcow2::Prealloc) -> Result<()> {
+        use crate::qcow2::Prealloc;
+        if mode == Prealloc::Metadata {
+            return Err(Error::InvalidArgument(
+                "preallocation mode 'metadata' is for qcow2; raw images take off, falloc or full"
+                    .into(),
+            ));
+        }
+        Self::create(path, size)?;
+        if mode == Prealloc::Off || size == 0 {
+            return Ok(());
+        }
+        let ctx = path.display().to_string();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(ctx.clone(), e))?;
+        if mode == Prealloc::Falloc {
+            crate::fileio::allocate(&file, 0, size).map_err(|e| e.context(&ctx))?;
+        } else {
+            let zeros = vec![0u8; 8 << 20];
+            let mut done = 0u64;
+            while done < size {
+                let n = (size - done).min(zeros.len() as u64) as usize;
+                crate::fileio::write_full(&file, &zeros[..n], done).map_err(|e| e.context(&ctx))?;
+                done += n as u64;
+            }
+        }
+        file.sync_all()
+            .map_err(|e| Error::io(format!("{ctx}: sync"), e))
+    }
+
     /// Change the size of the image (new space reads as zeros).
     pub fn resize(&mut self, size: u64) -> Result<()> {
         self.check_writable()?;

@@ -30,7 +30,7 @@ pub enum ImgCommand {
     ///
     /// qcow2 options (-o, comma-separated): cluster_size, compat (0.10 or 1.1),
     /// lazy_refcounts (on/off), refcount_bits, extended_l2, compression_type (zlib,
-    /// zstd), preallocation (off). SIZE takes k, M, G, T suffixes; with a backing file it
+    /// zstd), preallocation (off, metadata, falloc, full). SIZE takes k, M, G, T suffixes; with a backing file it
     /// defaults to the backing file's size.
     Create {
         /// Image format (default raw).

@@ -2,6 +2,7 @@
 //! table cluster, one refcount block, then the L1 table (the file ends where it ends).
 
 use super::header::{self, Compression, NewHeader};
+use super::prealloc::Prealloc;
 use super::Qcow2;
 use crate::fileio::{sync, write_full};
 use crate::{Error, Result};
@@ -29,6 +30,8 @@ pub struct CreateOptions {
     pub backing_file: Option<String>,
     /// `-F`: backing format.
     pub backing_format: Option<String>,
+    /// `preallocation`.
+    pub preallocation: Prealloc,
 }
 
 impl Default for CreateOptions {
@@ -43,6 +46,7 @@ impl Default for CreateOptions {
             compression: Compression::Zlib,
             backing_file: None,
             backing_format: None,
+            preallocation: Prealloc::Off,
         }
     }
 }
@@ -151,7 +155,17 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
         hdr_part[12..16].copy_from_slice(&(l1_size as u32).to_be_bytes());
         hdr_part[16..24].copy_from_slice(&(c * cs).to_be_bytes());
         write_full(&file, &hdr_part, 24)?;
-        sync(&file)
+        sync(&file)?;
+        drop(img);
+        if opts.preallocation != Prealloc::Off {
+            let mut img = Qcow2::from_file(
+                file.try_clone().map_err(|e| Error::io("dup", e))?,
+                path,
+                false,
+            )?;
+            img.preallocate(opts.preallocation)?;
+        }
+        Ok(())
     };
     inner().map_err(|e| e.context(&ctx))
 }

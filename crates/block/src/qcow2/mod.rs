@@ -21,6 +21,7 @@ mod compress;
 mod create;
 pub mod header;
 mod header_update;
+mod prealloc;
 mod refcount;
 pub mod repair;
 mod resize;
@@ -33,6 +34,7 @@ mod write_extl2;
 
 pub use create::{create, CreateOptions};
 pub use header::{Compression, Header};
+pub use prealloc::Prealloc;
 
 use crate::fileio::{file_len, read_full, sync};
 use crate::{check_range, BlockDevice, BlockStatus, Error, Extent, Format, Result};

@@ -2,7 +2,7 @@
 //! names) and copies between formats that keep zeros sparse.
 
 use super::{open_image, parse_format, parse_size};
-use kiln_block::qcow2::{self, Compression, CreateOptions};
+use kiln_block::qcow2::{self, Compression, CreateOptions, Prealloc};
 use kiln_block::raw::RawFile;
 use kiln_block::{BlockDevice, Extent, Format, OpenOptions};
 use std::io::Write;
@@ -33,11 +33,8 @@ fn apply_options(
             .split_once('=')
             .ok_or_else(|| format!("invalid option '{item}' (expected name=value)"))?;
         match (format, k) {
-            (_, "preallocation") if v == "off" => {}
             (_, "preallocation") => {
-                return Err(format!(
-                    "preallocation mode '{v}' is not supported yet (only off)"
-                ))
+                opts.preallocation = Prealloc::from_name(v).map_err(|e| e.to_string())?
             }
             (_, "size") => opts.size = parse_size(v)?,
             (Format::Qcow2, "cluster_size") => opts.cluster_size = parse_size(v)?,
@@ -118,8 +115,11 @@ pub(super) fn create(
     if opts.size == u64::MAX {
         return Err("image size must be given".into());
     }
+    if opts.backing_file.is_some() && opts.preallocation != Prealloc::Off {
+        return Err("backing file and preallocation cannot be used at the same time".into());
+    }
     match format {
-        Format::Raw => RawFile::create(file, opts.size),
+        Format::Raw => RawFile::create_preallocated(file, opts.size, opts.preallocation),
         Format::Qcow2 => qcow2::create(file, &opts),
         Format::Qcow => return Err(read_only_format()),
     }
