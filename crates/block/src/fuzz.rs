@@ -50,7 +50,8 @@ pub fn chunks(data: &[u8]) -> (u8, Vec<(u64, &[u8])>) {
 }
 
 /// Encode an image file as an input: its non-zero runs become chunks (runs closer than 16
-/// zero bytes are merged). Used to turn real images into seeds.
+/// zero bytes are merged), and its last byte one more, so the length survives. Used to
+/// turn real images into seeds.
 pub fn encode(flags: u8, image: &[u8]) -> Vec<u8> {
     let mut out = vec![flags];
     let mut i = 0;
@@ -73,6 +74,15 @@ pub fn encode(flags: u8, image: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&((end - start) as u16).to_be_bytes());
         out.extend_from_slice(&image[start..end]);
         i = end;
+    }
+    // Keep the file's length: a one-byte chunk at its end (images may end in zeros that
+    // their tables point into).
+    if let Some(&last) = image.last() {
+        if last == 0 {
+            out.extend_from_slice(&(image.len() as u32 - 1).to_be_bytes());
+            out.extend_from_slice(&1u16.to_be_bytes());
+            out.push(0);
+        }
     }
     out
 }
