@@ -3,7 +3,8 @@
 //!
 //! Probing only ever chooses between raw and qcow2 by the qcow2 magic; an image opened as
 //! raw (probed or named) never opens a backing file, and a backing file whose format the
-//! overlay names is opened as that format, never probed.
+//! overlay names is opened as that format, never probed. A probed raw image refuses writes
+//! that would give its sector 0 another format's signature.
 
 use crate::qcow1::Qcow1;
 use crate::qcow2::Qcow2;
@@ -93,7 +94,13 @@ fn open_chain(
         None => probe(path)?,
     };
     match format {
-        Format::Raw => Ok(Box::new(RawFile::open(path, opts.read_only)?)),
+        Format::Raw => {
+            let mut raw = RawFile::open(path, opts.read_only)?;
+            if opts.format.is_none() {
+                raw.set_probed();
+            }
+            Ok(Box::new(raw))
+        }
         Format::Qcow => {
             if !opts.read_only {
                 return Err(Error::ReadOnly(format!(

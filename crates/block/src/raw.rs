@@ -13,7 +13,22 @@ pub struct RawFile {
     file: File,
     size: u64,
     read_only: bool,
+    /// The format was guessed, not named: writes may not give sector 0 another format's
+    /// signature (QEMU's rule; the next probe would otherwise trust guest-written
+    /// metadata, e.g. a backing file name pointing at a host file).
+    probed: bool,
 }
+
+/// Signatures at offset 0 that make a probe pick a format other than raw.
+const SIGNATURES: [(&[u8], &str); 7] = [
+    (b"QFI\xfb", "qcow/qcow2"),
+    (b"QED\0", "qed"),
+    (b"KDMV", "vmdk"),
+    (b"conectix", "vpc"),
+    (b"vhdxfile", "vhdx"),
+    (b"LUKS\xba\xbe", "luks"),
+    (b"# Disk DescriptorFile", "vmdk"),
+];
 
 impl RawFile {
     /// Open `path` as a raw image.
@@ -29,7 +44,34 @@ impl RawFile {
             file,
             size,
             read_only,
+            probed: false,
         })
+    }
+
+    /// Mark this image's format as guessed (see [`crate::open`]): writes that would make
+    /// sector 0 start with another format's signature then fail.
+    pub fn set_probed(&mut self) {
+        self.probed = true;
+    }
+
+    /// Refuse a write of `buf` at `offset` that would give a probed image another
+    /// format's signature.
+    fn check_signature(&self, buf: &[u8], offset: u64) -> Result<()> {
+        const HEAD: u64 = 32;
+        if !self.probed || offset >= HEAD || buf.is_empty() {
+            return Ok(());
+        }
+        let mut head = [0u8; HEAD as usize];
+        read_full(&self.file, &mut head, 0)?;
+        let from = offset as usize;
+        let n = buf.len().min(HEAD as usize - from);
+        head[from..from + n].copy_from_slice(&buf[..n]);
+        if let Some((_, name)) = SIGNATURES.iter().find(|(sig, _)| head.starts_with(sig)) {
+            return Err(Error::ReadOnly(format!(
+                "refusing a write that would give this raw image (format probed, not named) a {name} signature in sector 0; name the format raw to allow it"
+            )));
+        }
+        Ok(())
     }
 
     /// Create (or truncate) `path` as a sparse raw image of `size` bytes.
@@ -128,6 +170,7 @@ impl BlockDevice for RawFile {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
         check_range(offset, buf.len() as u64, self.size)?;
+        self.check_signature(buf, offset)?;
         write_full(&self.file, buf, offset)
     }
 

@@ -318,3 +318,21 @@ fn encrypted_images_are_refused_with_one_line() {
     run(&["img", "read", p, "0", "512"]).expect_error("encrypt");
     run(&["img", "info", p]).expect_error("encrypt");
 }
+
+#[test]
+fn a_probed_raw_image_never_gets_another_formats_signature() {
+    let s = Scratch::new();
+    let raw = s.file("disk.img", &[0u8; 65536]);
+    let header = s.file("hdr", b"QFI\xfb\0\0\0\x03");
+    // Probed as raw: the write that would turn it into a qcow2 image is refused, also
+    // when it only completes the signature.
+    run(&["img", "write", &raw, "0", "--from", &header]).expect_error("signature");
+    let tail = s.file("tail", b"\xfb");
+    run(&["img", "write", &raw, "0", "--from", &s.file("q", b"QFI")]).expect_code(0);
+    run(&["img", "write", &raw, "3", "--from", &tail]).expect_error("signature");
+    assert_eq!(&std::fs::read(&raw).unwrap()[..4], b"QFI\0");
+    // Elsewhere, or with the format named, the bytes are just data.
+    run(&["img", "write", &raw, "512", "--from", &header]).expect_code(0);
+    run(&["img", "write", "-f", "raw", &raw, "0", "--from", &header]).expect_code(0);
+    assert_eq!(&std::fs::read(&raw).unwrap()[..4], b"QFI\xfb");
+}
