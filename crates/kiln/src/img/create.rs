@@ -211,11 +211,22 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
     Ok(0)
 }
 
+/// Whether `b` is all zeros: 64-byte blocks OR-folded (the compiler vectorizes the fold),
+/// stopping at the first block with data.
+pub(super) fn is_zero(b: &[u8]) -> bool {
+    let blocks = b.chunks_exact(64);
+    let rest = blocks.remainder();
+    blocks
+        .into_iter()
+        .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+        && rest.iter().all(|&x| x == 0)
+}
+
 /// Write the non-zero runs of `b` (at `ZERO_GRAIN` granularity) to `dst` at `off`.
 fn write_nonzero(dst: &mut dyn BlockDevice, b: &[u8], off: u64) -> Result<(), String> {
     let mut i = 0;
     while i < b.len() {
-        let zero = |j: usize| b[j..(j + ZERO_GRAIN).min(b.len())].iter().all(|&x| x == 0);
+        let zero = |j: usize| is_zero(&b[j..(j + ZERO_GRAIN).min(b.len())]);
         if zero(i) {
             i += ZERO_GRAIN;
             continue;
