@@ -101,7 +101,8 @@ fn kill_test(ci: usize) {
             ));
             let recs = crash::parse(&std::fs::read(&trace).unwrap());
             let total = recs.iter().filter(|r| r.tag == b'M').count() as u64;
-            assert!(total >= 20, "{name}: only {total} metadata writes");
+            // Metadata is written back at flushes only (several writes each).
+            assert!(total >= 10, "{name}: only {total} metadata writes");
             crash::verdict(dir.path(), &img, &base, &ops, ops.len(), ops.len())
                 .unwrap_or_else(|e| panic!("{name}: finished run: {e}"));
             let mut r = Rng(seed ^ (ci as u64) << 8 | 1);
