@@ -25,6 +25,18 @@ use crate::fileio::{file_len, punch_hole, sync, write_meta};
 use crate::Result;
 use std::collections::BTreeMap;
 
+/// Test hook (crash tests only): `KILN_BLOCK_CACHE_TABLES=N` caps each table cache at N
+/// tables (at least 2), so that eviction write-outs happen in small test images.
+pub(crate) fn cache_tables_override() -> Option<usize> {
+    static N: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("KILN_BLOCK_CACHE_TABLES")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map(|n| n.max(2))
+    })
+}
+
 /// Deferred frees at most before a flush is forced.
 const MAX_DEFERRED_FREES: usize = 1 << 16;
 

@@ -230,7 +230,8 @@ impl Qcow2 {
                 sn.validate_l1(cluster_size, flen)?;
             }
         }
-        let cache_tables = ((8u64 << 20) / cluster_size).clamp(4, 256) as usize;
+        let cache_tables = meta_cache::cache_tables_override()
+            .unwrap_or(((8u64 << 20) / cluster_size).clamp(4, 256) as usize);
         Ok(Qcow2 {
             file,
             path: path.to_path_buf(),

@@ -38,6 +38,9 @@ pub struct Config {
     pub lazy: bool,
     pub size: u64,
     pub ops: usize,
+    /// Tables per metadata cache in the writer (0: Kiln's default); small caches make
+    /// evictions write metadata out in the middle of operations.
+    pub cache_tables: usize,
 }
 
 impl Config {
@@ -210,7 +213,11 @@ pub fn run_child(
     cmd.args([child_test, "--exact", "--nocapture", "--test-threads=1"])
         .env("KILN_CRASH_CHILD", spec)
         .env_remove("KILN_BLOCK_KILL_AT_META_WRITE")
-        .env_remove("KILN_BLOCK_TRACE");
+        .env_remove("KILN_BLOCK_TRACE")
+        .env_remove("KILN_BLOCK_CACHE_TABLES");
+    if cfg.cache_tables > 0 {
+        cmd.env("KILN_BLOCK_CACHE_TABLES", cfg.cache_tables.to_string());
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -241,6 +248,7 @@ pub fn child_main() {
         lazy: f[6] == "1",
         size: f[7].parse().unwrap(),
         ops: f[8].parse().unwrap(),
+        cache_tables: 0,
     };
     let seed: u64 = f[2].parse().unwrap();
     let mut log = std::fs::OpenOptions::new()
