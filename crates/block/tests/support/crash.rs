@@ -50,8 +50,11 @@ impl Config {
     }
 }
 
-/// The operations of `seed`, ending with a flush.
+/// The operations of `seed`, ending with a flush (seed 0: [`reuse_scenario`]).
 pub fn ops(cfg: &Config, seed: u64) -> Vec<Op> {
+    if seed == 0 {
+        return reuse_scenario(cfg);
+    }
     let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let cs = cfg.cluster_size;
     let size = cfg.size;
@@ -93,6 +96,30 @@ pub fn ops(cfg: &Config, seed: u64) -> Vec<Op> {
     }
     v.push(Op::Flush);
     v
+}
+
+/// A fixed scenario: a data cluster is written, flushed, discarded and freed at a flush;
+/// then a write to a range without an L2 table places the new table on that freed
+/// cluster (its stale contents are guest data), and a flush links it.
+pub fn reuse_scenario(cfg: &Config) -> Vec<Op> {
+    let cs = cfg.cluster_size;
+    let l2_span = cs / 8 * cs;
+    vec![
+        Op::Write {
+            off: 0,
+            len: cs,
+            seed: 11,
+        },
+        Op::Flush,
+        Op::Discard { off: 0, len: cs },
+        Op::Flush,
+        Op::Write {
+            off: 2 * l2_span,
+            len: cs,
+            seed: 12,
+        },
+        Op::Flush,
+    ]
 }
 
 /// Usually turn (off, len) into a run of 1 to 4 whole clusters.
