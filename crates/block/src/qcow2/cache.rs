@@ -5,24 +5,52 @@
 //! bounded.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A cheap hasher for the caches' host-offset keys (looked up on every guest I/O). The
+/// maps hold a bounded number of tables, so crafted offsets that collide cost little.
+#[derive(Default)]
+pub(crate) struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        // splitmix64's finalizer: every key bit reaches the low and the high bits.
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>;
 
 /// Cached tables by host offset.
 pub(crate) struct Cache<T> {
-    map: HashMap<u64, T>,
+    map: OffsetMap<T>,
     order: VecDeque<u64>,
     capacity: usize,
     /// Dirty tables: the first and last changed unit (entry or byte, as the owner uses it).
-    dirty: HashMap<u64, (usize, usize)>,
+    dirty: OffsetMap<(usize, usize)>,
 }
 
 impl<T> Cache<T> {
     /// A cache holding at most `capacity` clean tables.
     pub(crate) fn new(capacity: usize) -> Self {
         Cache {
-            map: HashMap::new(),
+            map: OffsetMap::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
-            dirty: HashMap::new(),
+            dirty: OffsetMap::default(),
         }
     }
 

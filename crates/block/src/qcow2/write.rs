@@ -70,6 +70,15 @@ impl Qcow2 {
             return self.write_guest_extl2(buf, offset);
         }
         let cs = self.cluster_size;
+        // Fast path: a write inside one cluster we own is a plain write in place.
+        let in_cluster = offset % cs;
+        if in_cluster + buf.len() as u64 <= cs {
+            if let (Mapping::Data { host, copied: true }, _) = self.lookup(offset)? {
+                if self.l1[self.indices(offset).0] & OFLAG_COPIED != 0 {
+                    return self.write_in_place(buf, offset - in_cluster, host + in_cluster);
+                }
+            }
+        }
         let mut pieces = Vec::new();
         let mut done = 0usize;
         while done < buf.len() {
@@ -103,16 +112,8 @@ impl Qcow2 {
             let Mapping::Data { host, .. } = p.old else {
                 unreachable!()
             };
-            if !self.within_file(host)? {
-                self.mark_corrupt();
-                return Err(Error::Corrupt(format!(
-                    "data cluster for guest offset {:#x} lies beyond the end of the file; image marked corrupt",
-                    p.guest
-                )));
-            }
             let at = host + p.in_cluster as u64;
-            self.check_overlap(at, p.len as u64)?;
-            write_full(&self.file, &buf[p.src..p.src + p.len], at)?;
+            self.write_in_place(&buf[p.src..p.src + p.len], p.guest, at)?;
         }
         if alloc.is_empty() {
             return Ok(());
@@ -178,6 +179,19 @@ impl Qcow2 {
             frees.push(p.old);
         }
         self.free_old(&frees)
+    }
+
+    /// Write `data` in place at host offset `at`, inside the data cluster we own for
+    /// guest cluster `guest` (no metadata changes).
+    fn write_in_place(&mut self, data: &[u8], guest: u64, at: u64) -> Result<()> {
+        if !self.within_file(at - at % self.cluster_size)? {
+            self.mark_corrupt();
+            return Err(Error::Corrupt(format!(
+                "data cluster for guest offset {guest:#x} lies beyond the end of the file; image marked corrupt"
+            )));
+        }
+        self.check_overlap(at, data.len() as u64)?;
+        write_full(&self.file, data, at)
     }
 
     /// Fill `c` (one cluster) with what guest cluster `guest` held before, per `old`.
