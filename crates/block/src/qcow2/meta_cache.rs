@@ -202,6 +202,10 @@ impl Qcow2 {
         let frees = std::mem::take(&mut self.wb.frees);
         let cs = self.cluster_size;
         for c in frees {
+            if self.refblock_cache.dirty_count() >= self.refblock_cache.capacity() {
+                // Keep the cache bounded: written blocks can be evicted.
+                self.write_refblocks()?;
+            }
             self.update_refcount(c, -1, &[])?;
             if self.refcount(c)? == 0 {
                 self.meta.remove(&c);

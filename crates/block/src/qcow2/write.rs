@@ -235,6 +235,9 @@ impl Qcow2 {
         if cur != 0 {
             return Ok(cur);
         }
+        // A new dirty table: write out first if the dirty ones fill the cache (zeroing a
+        // huge range would otherwise pile them up).
+        self.before_load(true)?;
         let cs = self.cluster_size;
         let c = self.alloc_clusters(1, &[])?;
         self.check_overlap(c * cs, cs)?;
