@@ -19,7 +19,7 @@ fn crash_writer_child() {
     crash::child_main();
 }
 
-const CONFIGS: [Config; 4] = [
+const CONFIGS: [Config; 5] = [
     Config {
         cluster_size: 65536,
         refcount_bits: 16,
@@ -27,6 +27,7 @@ const CONFIGS: [Config; 4] = [
         lazy: false,
         size: 8 << 20,
         ops: 60,
+        cache_tables: 0,
     },
     Config {
         cluster_size: 4096,
@@ -35,6 +36,7 @@ const CONFIGS: [Config; 4] = [
         lazy: false,
         size: 4 << 20,
         ops: 60,
+        cache_tables: 0,
     },
     // Tiny clusters and wide refcounts: 64 entries per refcount block and 64 blocks per
     // table cluster, so refcount blocks are created and the table grows often.
@@ -45,6 +47,7 @@ const CONFIGS: [Config; 4] = [
         lazy: false,
         size: 4 << 20,
         ops: 80,
+        cache_tables: 0,
     },
     Config {
         cluster_size: 65536,
@@ -53,6 +56,18 @@ const CONFIGS: [Config; 4] = [
         lazy: true,
         size: 8 << 20,
         ops: 60,
+        cache_tables: 0,
+    },
+    // Metadata caches of 3 tables: evictions write metadata out in the middle of
+    // operations (and the kill lands inside those write-outs too).
+    Config {
+        cluster_size: 512,
+        refcount_bits: 16,
+        backing: true,
+        lazy: false,
+        size: 4 << 20,
+        ops: 80,
+        cache_tables: 3,
     },
 ];
 
@@ -76,7 +91,16 @@ fn sigkill_lazy_refcounts_over_backing_then_repair_on_open() {
     kill_test(3);
 }
 
-/// Three seeds, five kill points each (60 kills over the four layouts).
+#[test]
+fn sigkill_tiny_metadata_caches_evicting_mid_operation() {
+    kill_test(4);
+}
+
+/// Kill points per seed: metadata is written back at flushes and evictions only, so
+/// every kill lands inside such a write-out.
+const KILLS_PER_SEED: u64 = 8;
+
+/// Three seeds, eight kill points each (120 kills over the five layouts).
 fn kill_test(ci: usize) {
     let cfg = &CONFIGS[ci];
     let dir = crash::scratch();
@@ -101,16 +125,18 @@ fn kill_test(ci: usize) {
             ));
             let recs = crash::parse(&std::fs::read(&trace).unwrap());
             let total = recs.iter().filter(|r| r.tag == b'M').count() as u64;
-            assert!(total >= 20, "{name}: only {total} metadata writes");
+            // Metadata is written back at flushes only (several writes each).
+            assert!(total >= 10, "{name}: only {total} metadata writes");
             crash::verdict(dir.path(), &img, &base, &ops, ops.len(), ops.len())
                 .unwrap_or_else(|e| panic!("{name}: finished run: {e}"));
             let mut r = Rng(seed ^ (ci as u64) << 8 | 1);
-            for k in 0..5u64 {
+            for k in 0..KILLS_PER_SEED {
                 // Early points (header, first tables) and points spread over the run.
+                let parts = KILLS_PER_SEED - 1;
                 let n = if k == 0 {
                     1 + r.below(4)
                 } else {
-                    1 + (k - 1) * total / 4 + r.below(total / 4)
+                    1 + (k - 1) * total / parts + r.below((total / parts).max(1))
                 };
                 let name = format!("c{ci}s{seed}k{k}");
                 let (img, base) = crash::make_image(dir.path(), cfg, &name);
@@ -154,5 +180,9 @@ fn kill_test(ci: usize) {
         }
     }
     eprintln!("{kills} kills in {runs} runs");
-    assert_eq!(kills, 15, "only {kills} of {runs} runs were killed");
+    assert_eq!(
+        kills as u64,
+        3 * KILLS_PER_SEED,
+        "only {kills} of {runs} runs were killed"
+    );
 }

@@ -216,6 +216,8 @@ pub(crate) fn check_image(img: &mut Qcow2) -> Result<CheckReport> {
 
 /// Check `img` and also return the references counted per host cluster (for repair).
 pub(crate) fn check_counted(img: &mut Qcow2) -> Result<(CheckReport, HashMap<u64, u64>)> {
+    // The check reads the tables from the file: write the cached changes out first.
+    img.flush_meta()?;
     let cs = img.cluster_size;
     let mut r = CheckReport {
         total_clusters: img.h.size.div_ceil(cs),

@@ -29,9 +29,8 @@
 
 use super::header::Compression;
 use super::{Mapping, Qcow2, L2_OFFSET_MASK, OFLAG_COMPRESSED};
-use crate::fileio::{sync, write_full, write_meta};
+use crate::fileio::write_full;
 use crate::{Error, Result};
-use std::collections::BTreeMap;
 use std::io::Read;
 
 /// Largest zstd window accepted when decoding (QEMU's frames for 2 MiB clusters need at
@@ -167,7 +166,6 @@ impl Qcow2 {
         for (_, z) in &packed {
             offs.push(self.alloc_bytes(z.len() as u64)?);
         }
-        sync(&self.file)?;
         // 3. The data, flushed before the entries pointing to it (contiguous pieces are
         //    written together).
         let mut i = 0;
@@ -187,11 +185,9 @@ impl Qcow2 {
             write_full(&self.file, &buf, start)?;
             i = j;
         }
-        sync(&self.file)?;
         // 4. The L2 entries, then the old mappings' refcounts.
         let shift = 62 - (self.h.cluster_bits - 8);
         let ext = self.h.extended_l2();
-        let mut dirty: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
         let mut olds = Vec::with_capacity(packed.len());
         for (k, (g, z)) in packed.iter().enumerate() {
             let off = offs[k];
@@ -208,16 +204,7 @@ impl Qcow2 {
                 t[i2] = entry;
                 (i2, i2)
             };
-            let d = dirty.entry(l2offs[k]).or_insert((lo, hi));
-            d.0 = d.0.min(lo);
-            d.1 = d.1.max(hi);
-        }
-        for (off, (lo, hi)) in dirty {
-            let bytes: Vec<u8> = self.l2_table(off)?[lo..=hi]
-                .iter()
-                .flat_map(|e| e.to_be_bytes())
-                .collect();
-            write_meta(&self.file, &bytes, off + lo as u64 * 8)?;
+            self.l2_dirty(l2offs[k], lo, hi);
         }
         self.free_old(&olds)
     }

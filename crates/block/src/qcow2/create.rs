@@ -148,7 +148,8 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
         let l1_bytes = l1_size * 8;
         let c = img.alloc_clusters(l1_bytes.div_ceil(cs), &[])?;
         write_full(&file, &vec![0u8; l1_bytes as usize], c * cs)?;
-        sync(&file)?;
+        // The L1 table's refcounts (cached) and zeros durable before the header names it.
+        img.sync_rb()?;
         // Header bytes 24..48: size, crypt_method (0), l1_size, l1_table_offset.
         let mut hdr_part = [0u8; 24];
         hdr_part[..8].copy_from_slice(&opts.size.to_be_bytes());

@@ -4,7 +4,7 @@
 
 use super::header::{Header, EXT_BACKING_FORMAT};
 use super::Qcow2;
-use crate::fileio::{read_full, sync, write_meta};
+use crate::fileio::{read_full, write_meta};
 use crate::{Error, Result};
 
 /// The header cluster `cluster0` (of an image with header `h`) with the backing file name
@@ -95,9 +95,9 @@ impl Qcow2 {
         if parsed.backing_file.as_deref() != name || parsed.backing_format.as_deref() != format {
             return Err(Error::Invalid("rebuilt header does not round-trip".into()));
         }
-        sync(&self.file)?;
+        self.flush_meta()?;
         write_meta(&self.file, &new, 0)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         self.h = parsed;
         self.backing = None;
         Ok(())

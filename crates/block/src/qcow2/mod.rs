@@ -3,6 +3,10 @@
 //! crash-safe order; `write_extl2` does the same for extended L2 entries (subclusters)
 //! and `compress` writes compressed clusters (zlib, zstd).
 //!
+//! Metadata is cached write-back (see [`meta_cache`]): between flushes a crash may lose
+//! unflushed writes, but the order below holds for everything that reaches the disk,
+//! enforced when metadata is written out (flush, close, eviction, eager operations).
+//!
 //! Crash-safety rules kept by every write path:
 //! - refcount increments reach the disk (and are flushed) before any L1/L2 entry points
 //!   to the cluster;
@@ -21,6 +25,7 @@ mod compress;
 mod create;
 pub mod header;
 mod header_update;
+mod meta_cache;
 mod prealloc;
 mod refcount;
 pub mod repair;
@@ -114,6 +119,8 @@ pub struct Qcow2 {
     dirty_marked: Option<bool>,
     /// Where the next compressed cluster's bytes go (0: start a new host cluster).
     zfree: u64,
+    /// Write-back metadata state (see [`meta_cache`]).
+    wb: meta_cache::WriteBack,
 }
 
 impl std::fmt::Debug for Qcow2 {
@@ -228,7 +235,8 @@ impl Qcow2 {
                 sn.validate_l1(cluster_size, flen)?;
             }
         }
-        let cache_tables = ((8u64 << 20) / cluster_size).clamp(4, 256) as usize;
+        let cache_tables = meta_cache::cache_tables_override()
+            .unwrap_or(((8u64 << 20) / cluster_size).clamp(4, 256) as usize);
         Ok(Qcow2 {
             file,
             path: path.to_path_buf(),
@@ -247,6 +255,7 @@ impl Qcow2 {
             snapshots_size,
             dirty_marked: None,
             zfree: 0,
+            wb: meta_cache::WriteBack::default(),
             h,
         })
     }
@@ -279,6 +288,7 @@ impl Qcow2 {
     /// Load the L2 table at `off` through the cache.
     fn l2_table(&mut self, off: u64) -> Result<&mut Vec<u64>> {
         if !self.l2_cache.contains(off) {
+            self.before_load(true)?;
             let mut buf = vec![0u8; self.cluster_size as usize];
             read_full(&self.file, &mut buf, off)?;
             self.l2_cache.insert(off, read_be64s(&buf));
@@ -492,7 +502,7 @@ impl BlockDevice for Qcow2 {
         if self.read_only {
             return Ok(());
         }
-        sync(&self.file)
+        self.flush_meta()
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<()> {

@@ -47,6 +47,7 @@ impl Qcow2 {
         if mode == Prealloc::Off || self.h.size == 0 {
             return Ok(());
         }
+        self.flush_meta()?;
         let cs = self.cluster_size;
         let per_l2 = self.h.l2_entries();
         let ext = self.h.extended_l2();
@@ -101,8 +102,9 @@ impl Qcow2 {
                 .set_len(end)
                 .map_err(|e| Error::io("set length", e))?;
         }
-        // Tables and refcounts durable before the L1 table points at them.
-        sync(&self.file)?;
+        // Tables and refcounts (written out from the cache) durable before the L1 table
+        // points at them.
+        self.sync_rb()?;
         let l1: Vec<u8> = self.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
         write_meta(&self.file, &l1, self.h.l1_table_offset)?;
         sync(&self.file)

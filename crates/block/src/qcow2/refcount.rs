@@ -78,6 +78,7 @@ impl Qcow2 {
     /// Load the refcount block at `off` through the cache.
     fn refblock(&mut self, off: u64) -> Result<&mut Vec<u8>> {
         if !self.refblock_cache.contains(off) {
+            self.before_load(false)?;
             let mut buf = vec![0u8; self.cluster_size as usize];
             read_full(&self.file, &mut buf, off)?;
             self.refblock_cache.insert(off, buf);
@@ -101,8 +102,8 @@ impl Qcow2 {
         Ok(get_entry(b, order, cluster % epb))
     }
 
-    /// Add `delta` to the refcount of `cluster`, writing the change through to disk
-    /// (no flush). `busy` are clusters being allocated that a new refcount block must
+    /// Add `delta` to the refcount of `cluster`, in the cached block (written back, see
+    /// [`super::meta_cache`]); a decrement only once the references' removal is durable. `busy` are clusters being allocated that a new refcount block must
     /// not be placed on.
     pub(crate) fn update_refcount(
         &mut self,
@@ -133,8 +134,7 @@ impl Qcow2 {
             })?
         };
         let r = set_entry(b, order, cluster % epb, new);
-        let bytes = b[r.clone()].to_vec();
-        write_meta(&self.file, &bytes, off + r.start as u64)?;
+        self.refblock_dirty(off, r.start, r.end);
         if new == 0 && cluster < self.free_hint {
             self.free_hint = cluster;
         }
@@ -158,7 +158,7 @@ impl Qcow2 {
         Ok(start)
     }
 
-    /// Allocate `n` contiguous clusters (refcount 1, written through, not flushed);
+    /// Allocate `n` contiguous clusters (refcount 1 in the cached blocks, written back);
     /// returns the first cluster index.
     pub(crate) fn alloc_clusters(&mut self, n: u64, busy: &[Range<u64>]) -> Result<u64> {
         let start = self.find_free(n, busy)?;
@@ -193,7 +193,7 @@ impl Qcow2 {
         }
         // The block (and its own refcount) must be on disk before the table points to it.
         write_meta(&self.file, &block, loc * cs)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         let off = loc * cs;
         write_meta(
             &self.file,
@@ -263,7 +263,7 @@ impl Qcow2 {
         let toff = (area + nblocks) * cs;
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
         write_meta(&self.file, &bytes, toff)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&toff.to_be_bytes());
         hdr[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());

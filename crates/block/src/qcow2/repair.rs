@@ -17,7 +17,7 @@
 use super::check::{check_counted, CheckReport};
 use super::header::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use super::{Qcow2, L1_OFFSET_MASK, L2_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED};
-use crate::fileio::{read_full, sync, write_meta};
+use crate::fileio::{read_full, write_meta};
 use crate::{Error, Result};
 use std::ops::Range;
 use std::path::Path;
@@ -91,7 +91,8 @@ impl Qcow2 {
         if self.h.version < 3 {
             return Ok(());
         }
-        sync(&self.file)?;
+        // Clearing the bit promises every refcount is on disk: write everything out.
+        self.flush_meta()?;
         if dirty {
             self.h.incompatible_features |= INCOMPAT_DIRTY;
         } else {
@@ -99,7 +100,7 @@ impl Qcow2 {
         }
         let v = self.h.incompatible_features.to_be_bytes();
         write_meta(&self.file, &v, 72)?;
-        sync(&self.file)
+        self.sync_rb()
     }
 
     /// Repair a dirty image on read-write open: rebuild the refcounts, fix OFLAG_COPIED,
@@ -120,6 +121,7 @@ impl Qcow2 {
     /// Make every refcount match the references counted from the metadata (only the too
     /// high ones with [`RepairMode::Leaks`]).
     fn fix_refcounts(&mut self, mode: RepairMode, rep: &mut RepairReport) -> Result<()> {
+        self.flush_meta()?;
         let (_, refs) = check_counted(self)?;
         let cs = self.cluster_size;
         let flen = crate::fileio::file_len(&self.file)?;
@@ -177,7 +179,7 @@ impl Qcow2 {
             }
             rep.corruptions_fixed += 1;
         }
-        sync(&self.file)?;
+        self.sync_rb()?;
         for &(c, have, want) in &lower {
             rep.messages.push(format!(
                 "Repairing cluster {c} refcount={have} reference={want}"
@@ -188,7 +190,7 @@ impl Qcow2 {
             }
             rep.leaks_fixed += 1;
         }
-        sync(&self.file)?;
+        self.sync_rb()?;
         if mode == RepairMode::All {
             let n = self.fix_copied(rep)?;
             rep.corruptions_fixed += n;
@@ -256,7 +258,7 @@ impl Qcow2 {
                 fixed += 1;
             }
         }
-        sync(&self.file)?;
+        self.sync_rb()?;
         Ok(fixed)
     }
 
@@ -283,6 +285,10 @@ impl Drop for Qcow2 {
     /// A clean close of an image we marked dirty: every refcount is up to date (all
     /// changes succeeded), so clear the dirty bit.
     fn drop(&mut self) {
+        // Best effort: write the cached metadata out (in the safe order).
+        if self.meta_dirty() {
+            let _ = self.flush_meta();
+        }
         if self.dirty_marked == Some(true) {
             let _ = self.set_dirty_bit(false);
         }

@@ -12,7 +12,7 @@
 
 use super::header::size_to_l1;
 use super::{Qcow2, L1_OFFSET_MASK};
-use crate::fileio::{file_len, sync, write_meta};
+use crate::fileio::{file_len, write_meta};
 use crate::{Error, Result};
 
 impl Qcow2 {
@@ -40,6 +40,8 @@ impl Qcow2 {
                 "Can't resize a v2 image which has snapshots".into(),
             ));
         }
+        // Eager from here: the metadata on disk must be complete first.
+        self.flush_meta()?;
         let old = self.h.size;
         if size < old {
             if !allow_shrink {
@@ -74,17 +76,17 @@ impl Qcow2 {
             let start = self.alloc_clusters(clusters, &[])?;
             let off = start * cs;
             self.check_overlap(off, clusters * cs)?;
-            sync(&self.file)?;
+            self.sync_rb()?;
             let mut table = vec![0u8; (clusters * cs) as usize];
             for (i, e) in self.l1.iter().enumerate() {
                 table[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
             }
             write_meta(&self.file, &table, off)?;
-            sync(&self.file)?;
+            self.sync_rb()?;
             hdr[12..16].copy_from_slice(&(need as u32).to_be_bytes());
             hdr[16..24].copy_from_slice(&off.to_be_bytes());
             write_meta(&self.file, &hdr, 24)?;
-            sync(&self.file)?;
+            self.sync_rb()?;
             let old_off = self.h.l1_table_offset;
             let old_clusters = (u64::from(self.h.l1_size) * 8).div_ceil(cs);
             self.h.l1_table_offset = off;
@@ -95,11 +97,11 @@ impl Qcow2 {
                 for c in old_off / cs..old_off / cs + old_clusters {
                     self.update_refcount(c, -1, &[])?;
                 }
-                sync(&self.file)?;
+                self.sync_rb()?;
             }
         } else {
             write_meta(&self.file, &hdr[..8], 24)?;
-            sync(&self.file)?;
+            self.sync_rb()?;
             self.h.size = size;
         }
         // Bytes a longer backing file holds past the old end must not become visible.
@@ -107,7 +109,7 @@ impl Qcow2 {
         if bsize > old {
             let end = bsize.min(size);
             self.zero_guest(old, end - old)?;
-            sync(&self.file)?;
+            self.sync_rb()?;
         }
         Ok(())
     }
@@ -132,7 +134,7 @@ impl Qcow2 {
         }
         self.unmap_clusters(first, end)?;
         write_meta(&self.file, &size.to_be_bytes(), 24)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         self.h.size = size;
         // Like qemu, give back the free clusters at the end of the file.
         let flen = file_len(&self.file)?;
@@ -144,6 +146,7 @@ impl Qcow2 {
             self.file
                 .set_len(last * cs)
                 .map_err(|e| Error::io("truncate", e))?;
+            self.file_shrank();
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 
 use super::header::{Header, MAX_L1_BYTES};
 use super::Qcow2;
-use crate::fileio::{punch_hole, read_full, sync, write_meta};
+use crate::fileio::{punch_hole, read_full, write_meta};
 use crate::{Error, Result};
 use std::fs::File;
 
@@ -335,12 +335,12 @@ impl Qcow2 {
             c * cs
         };
         // The table and its refcounts are on disk before the header points to it.
-        sync(&self.file)?;
+        self.sync_rb()?;
         let mut hdr = [0u8; 12];
         hdr[..4].copy_from_slice(&(snaps.len() as u32).to_be_bytes());
         hdr[4..].copy_from_slice(&new_off.to_be_bytes());
         write_meta(&self.file, &hdr, 60)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         let (old_off, old_size) = (self.h.snapshots_offset, self.snapshots_size);
         self.h.nb_snapshots = snaps.len() as u32;
         self.h.snapshots_offset = new_off;

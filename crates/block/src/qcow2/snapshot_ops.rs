@@ -11,7 +11,7 @@
 use super::header::{size_to_l1, MAX_L1_BYTES};
 use super::snapshot::{Snapshot, MAX_SNAPSHOTS};
 use super::{read_be64s, Qcow2, L1_OFFSET_MASK, L2_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED};
-use crate::fileio::{file_len, read_full, sync, write_meta};
+use crate::fileio::{file_len, read_full, write_meta};
 use crate::{Error, Result};
 use std::collections::HashMap;
 
@@ -288,6 +288,7 @@ impl Qcow2 {
     /// Create an internal snapshot of the current disk state named `name`; returns it.
     pub fn snapshot_create(&mut self, name: &str) -> Result<Snapshot> {
         self.check_snapshot_writable("create")?;
+        self.flush_meta()?;
         if self.snapshots.len() >= MAX_SNAPSHOTS {
             return Err(Error::Unsupported(format!(
                 "the image already has the maximum of {MAX_SNAPSHOTS} snapshots"
@@ -307,11 +308,11 @@ impl Qcow2 {
         self.update_tree(&l1, 1, true)?;
         let l1_off = self.write_new_l1(&l1)?;
         self.update_tree(&l1, 1, false)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         // Everything the active tables reference is shared now: clear COPIED before the
         // snapshot exists, so no write can land in place on a shared cluster.
         self.fix_active_copied()?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         let sn = Snapshot::new(id, name, (l1_off, l1.len() as u32), self.h.size);
         let mut snaps = self.snapshots.clone();
         snaps.push(sn.clone());
@@ -323,6 +324,7 @@ impl Qcow2 {
     /// table becomes a copy of the snapshot's, and the disk size the snapshot's.
     pub fn snapshot_apply(&mut self, idx: usize) -> Result<()> {
         self.check_snapshot_writable("apply")?;
+        self.flush_meta()?;
         let sn = self
             .snapshots
             .get(idx)
@@ -350,19 +352,19 @@ impl Qcow2 {
             *e &= !OFLAG_COPIED;
         }
         self.update_tree(&sn_l1, 1, false)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         // Everything is shared with the snapshot now: no COPIED flags anywhere in the new
         // active tree before the header points to it.
         self.sync_copied_flags(&mut new_l1)?;
         let new_off = self.write_new_l1(&new_l1)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         // Header bytes 24..48: size, crypt_method (0), l1_size, l1_table_offset.
         let mut hdr = [0u8; 24];
         hdr[..8].copy_from_slice(&sn.disk_size.to_be_bytes());
         hdr[12..16].copy_from_slice(&(new_size as u32).to_be_bytes());
         hdr[16..24].copy_from_slice(&new_off.to_be_bytes());
         write_meta(&self.file, &hdr, 24)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         let old_l1 = std::mem::replace(&mut self.l1, new_l1);
         let (old_off, old_size) = (self.h.l1_table_offset, u64::from(self.h.l1_size) * 8);
         self.h.size = sn.disk_size;
@@ -377,14 +379,15 @@ impl Qcow2 {
         }
         self.punch_freed(&old_l1)?;
         self.l2_cache.clear();
-        sync(&self.file)?;
+        self.sync_rb()?;
         self.fix_active_copied()?;
-        sync(&self.file)
+        self.sync_rb()
     }
 
     /// Delete snapshot `idx`: remove it from the table, then drop its references.
     pub fn snapshot_delete(&mut self, idx: usize) -> Result<()> {
         self.check_snapshot_writable("delete")?;
+        self.flush_meta()?;
         let sn = self
             .snapshots
             .get(idx)
@@ -401,9 +404,9 @@ impl Qcow2 {
         self.punch_freed(&sn_l1)?;
         self.l2_cache.clear();
         // COPIED may be set only once refcounts of 1 are on disk.
-        sync(&self.file)?;
+        self.sync_rb()?;
         self.fix_active_copied()?;
-        sync(&self.file)
+        self.sync_rb()
     }
 
     /// Before entries of the L2 table for L1 index `i1` change: if the table is shared
@@ -420,7 +423,7 @@ impl Qcow2 {
         let l1_at = self.h.l1_table_offset + 8 * i1 as u64;
         if self.refcount(off / cs)? == 1 {
             // Only the active L1 uses it (and that is on disk): claim it.
-            sync(&self.file)?;
+            self.sync_rb()?;
             let ne = e | OFLAG_COPIED;
             write_meta(&self.file, &ne.to_be_bytes(), l1_at)?;
             self.l1[i1] = ne;
@@ -430,10 +433,10 @@ impl Qcow2 {
         let c = self.alloc_clusters(1, &[])?;
         self.check_overlap(c * cs, cs)?;
         write_meta(&self.file, &entries_bytes(&table), c * cs)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         let ne = (c * cs) | OFLAG_COPIED;
         write_meta(&self.file, &ne.to_be_bytes(), l1_at)?;
-        sync(&self.file)?;
+        self.sync_rb()?;
         self.l1[i1] = ne;
         self.meta.insert(c);
         self.l2_cache.insert(c * cs, table);

@@ -3,7 +3,7 @@
 //! Order: L2 entries and L1 entries are cleared and flushed first, refcounts drop after.
 
 use super::{Qcow2, L1_OFFSET_MASK, L2_OFFSET_MASK, OFLAG_COMPRESSED};
-use crate::fileio::{punch_hole, sync, write_meta};
+use crate::fileio::{punch_hole, write_meta};
 use crate::{Error, Result};
 
 impl Qcow2 {
@@ -56,6 +56,8 @@ impl Qcow2 {
         if first >= end || self.l1.is_empty() {
             return Ok(());
         }
+        // Eager from here: the metadata on disk must be complete first.
+        self.flush_meta()?;
         self.zcache = None;
         let cs = self.cluster_size;
         let l2e = self.h.l2_entries();
@@ -100,7 +102,7 @@ impl Qcow2 {
             return Ok(());
         }
         // The references are gone on disk before any refcount drops.
-        sync(&self.file)?;
+        self.sync_rb()?;
         for c in frees {
             // A reference to a free cluster (a corrupt image) is simply gone now.
             if self.refcount(c)? == 0 {
@@ -112,7 +114,7 @@ impl Qcow2 {
                 punch_hole(&self.file, c * cs, cs)?;
             }
         }
-        sync(&self.file)
+        self.sync_rb()
     }
 
     /// Make every guest cluster unallocated (what `qemu-img commit` leaves in the overlay).

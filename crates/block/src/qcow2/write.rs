@@ -1,11 +1,12 @@
 //! qcow2 writes: in-place writes to owned clusters, allocating writes (copy-on-write of
 //! partial clusters from the backing file, compressed or zero clusters), zeroing and
-//! discarding, each in QEMU's crash-safe order (see the [`super`] module docs).
+//! discarding. Guest data goes to the file at once; metadata changes (refcounts, L2
+//! entries, new L2 tables) stay in the caches and the frees are deferred, written back
+//! in QEMU's crash-safe order at the next flush (see `meta_cache`).
 
 use super::{Mapping, Qcow2, L1_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO};
-use crate::fileio::{file_len, punch_hole, read_full, sync, write_full, write_meta};
+use crate::fileio::{read_full, write_full};
 use crate::{Error, Result};
-use std::collections::BTreeMap;
 
 /// One guest cluster touched by a write.
 struct Piece {
@@ -21,33 +22,7 @@ struct Piece {
     old: Mapping,
 }
 
-/// L2 entries changed in memory and not yet on disk: per L2 table (by file offset), the
-/// first and last changed entry.
-#[derive(Default)]
-struct DirtyL2(BTreeMap<u64, (usize, usize)>);
-
-impl DirtyL2 {
-    /// Entry `i` of the L2 table at `l2off` changed.
-    fn mark(&mut self, l2off: u64, i: usize) {
-        let d = self.0.entry(l2off).or_insert((i, i));
-        d.0 = d.0.min(i);
-        d.1 = d.1.max(i);
-    }
-}
-
 impl Qcow2 {
-    /// Write the changed ranges of existing L2 tables to disk.
-    fn write_dirty_l2(&mut self, dirty: DirtyL2) -> Result<()> {
-        for (off, (lo, hi)) in dirty.0 {
-            let bytes: Vec<u8> = self.l2_table(off)?[lo..=hi]
-                .iter()
-                .flat_map(|e| e.to_be_bytes())
-                .collect();
-            write_meta(&self.file, &bytes, off + lo as u64 * 8)?;
-        }
-        Ok(())
-    }
-
     pub(super) fn check_writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly("image is open read-only".into()));
@@ -95,6 +70,15 @@ impl Qcow2 {
             return self.write_guest_extl2(buf, offset);
         }
         let cs = self.cluster_size;
+        // Fast path: a write inside one cluster we own is a plain write in place.
+        let in_cluster = offset % cs;
+        if in_cluster + buf.len() as u64 <= cs {
+            if let (Mapping::Data { host, copied: true }, _) = self.lookup(offset)? {
+                if self.l1[self.indices(offset).0] & OFLAG_COPIED != 0 {
+                    return self.write_in_place(buf, offset - in_cluster, host + in_cluster);
+                }
+            }
+        }
         let mut pieces = Vec::new();
         let mut done = 0usize;
         while done < buf.len() {
@@ -124,25 +108,12 @@ impl Qcow2 {
         let (in_place, alloc): (Vec<Piece>, Vec<Piece>) = pieces
             .into_iter()
             .partition(|p| matches!(p.old, Mapping::Data { copied: true, .. }));
-        let flen = if in_place.is_empty() {
-            0
-        } else {
-            file_len(&self.file)?
-        };
         for p in &in_place {
             let Mapping::Data { host, .. } = p.old else {
                 unreachable!()
             };
-            if host >= flen {
-                self.mark_corrupt();
-                return Err(Error::Corrupt(format!(
-                    "data cluster for guest offset {:#x} lies beyond the end of the file; image marked corrupt",
-                    p.guest
-                )));
-            }
             let at = host + p.in_cluster as u64;
-            self.check_overlap(at, p.len as u64)?;
-            write_full(&self.file, &buf[p.src..p.src + p.len], at)?;
+            self.write_in_place(&buf[p.src..p.src + p.len], p.guest, at)?;
         }
         if alloc.is_empty() {
             return Ok(());
@@ -155,8 +126,9 @@ impl Qcow2 {
             self.own_l2(i1)?;
         }
 
-        // 1. Refcounts for the new data clusters and new L2 tables, flushed before
-        //    anything points to them.
+        // Refcounts for the new data clusters and new L2 tables, the data, then the
+        // entries: all in memory but the data; the metadata is written back at the next
+        // flush in the safe order (see `meta_cache`).
         let mut new_l2: Vec<usize> = alloc
             .iter()
             .map(|p| self.indices(p.guest).0)
@@ -177,10 +149,8 @@ impl Qcow2 {
         for k in 0..new_l2.len() as u64 {
             self.check_overlap((l2_start + k) * cs, cs)?;
         }
-        sync(&self.file)?;
-
-        // 2. The data, with the untouched parts of each cluster copied from where they
-        //    came from, and the new L2 tables; flushed before the entries pointing to them.
+        // The data, with the untouched parts of each cluster copied from where they came
+        // from.
         let mut data = vec![0u8; (n * cs) as usize];
         for (k, p) in alloc.iter().enumerate() {
             let c = &mut data[k * cs as usize..(k + 1) * cs as usize];
@@ -195,51 +165,33 @@ impl Qcow2 {
         }
         write_full(&self.file, &data, data_start * cs)?;
         drop(data);
-        let entry_words = self.cluster_size as usize / 8;
-        for k in 0..new_l2.len() {
-            let off = (l2_start + k as u64) * cs;
-            self.l2_cache.insert(off, vec![0u64; entry_words]);
+        for (k, &i1) in new_l2.iter().enumerate() {
+            self.add_new_l2(i1, (l2_start + k as u64) * cs);
         }
-        // Fill in the L2 entries (in memory), remembering which ranges changed.
-        let mut dirty = DirtyL2::default();
+        // The L2 entries (in memory, marked dirty).
         let mut frees = Vec::new();
         for (k, p) in alloc.iter().enumerate() {
             let (i1, i2) = self.indices(p.guest);
-            let l2off = match new_l2.iter().position(|&x| x == i1) {
-                Some(j) => (l2_start + j as u64) * cs,
-                None => self.l1[i1] & L1_OFFSET_MASK,
-            };
+            let l2off = self.l1[i1] & L1_OFFSET_MASK;
             let host = (data_start + k as u64) * cs;
             self.l2_table(l2off)?[i2] = host | OFLAG_COPIED;
-            dirty.mark(l2off, i2);
+            self.l2_dirty(l2off, i2, i2);
             frees.push(p.old);
         }
-        for (k, _) in new_l2.iter().enumerate() {
-            let off = (l2_start + k as u64) * cs;
-            let bytes: Vec<u8> = self
-                .l2_table(off)?
-                .iter()
-                .flat_map(|e| e.to_be_bytes())
-                .collect();
-            write_meta(&self.file, &bytes, off)?;
-            dirty.0.remove(&off);
-        }
-        sync(&self.file)?;
-
-        // 3. The references: changed entries of existing L2 tables, then L1 entries.
-        self.write_dirty_l2(dirty)?;
-        for (k, &i1) in new_l2.iter().enumerate() {
-            let off = (l2_start + k as u64) * cs;
-            let e = off | OFLAG_COPIED;
-            write_meta(
-                &self.file,
-                &e.to_be_bytes(),
-                self.h.l1_table_offset + 8 * i1 as u64,
-            )?;
-            self.l1[i1] = e;
-            self.meta.insert(off / cs);
-        }
         self.free_old(&frees)
+    }
+
+    /// Write `data` in place at host offset `at`, inside the data cluster we own for
+    /// guest cluster `guest` (no metadata changes).
+    fn write_in_place(&mut self, data: &[u8], guest: u64, at: u64) -> Result<()> {
+        if !self.within_file(at - at % self.cluster_size)? {
+            self.mark_corrupt();
+            return Err(Error::Corrupt(format!(
+                "data cluster for guest offset {guest:#x} lies beyond the end of the file; image marked corrupt"
+            )));
+        }
+        self.check_overlap(at, data.len() as u64)?;
+        write_full(&self.file, data, at)
     }
 
     /// Fill `c` (one cluster) with what guest cluster `guest` held before, per `old`.
@@ -259,7 +211,8 @@ impl Qcow2 {
         }
     }
 
-    /// Drop the references the old mappings held, after flushing the new references.
+    /// Drop the references the old mappings held, once the new references are durable
+    /// (deferred to the next flush).
     pub(super) fn free_old(&mut self, olds: &[Mapping]) -> Result<()> {
         let cs = self.cluster_size;
         let mut clusters = Vec::new();
@@ -273,17 +226,7 @@ impl Qcow2 {
                 _ => {}
             }
         }
-        if clusters.is_empty() {
-            return Ok(());
-        }
-        sync(&self.file)?;
-        for c in clusters {
-            self.update_refcount(c, -1, &[])?;
-            if self.refcount(c)? == 0 {
-                punch_hole(&self.file, c * cs, cs)?;
-            }
-        }
-        Ok(())
+        self.defer_free(&clusters)
     }
 
     /// Give guest L1 index `i1` an (empty) L2 table if it has none; returns its offset.
@@ -292,21 +235,13 @@ impl Qcow2 {
         if cur != 0 {
             return Ok(cur);
         }
+        // A new dirty table: write out first if the dirty ones fill the cache (zeroing a
+        // huge range would otherwise pile them up).
+        self.before_load(true)?;
         let cs = self.cluster_size;
         let c = self.alloc_clusters(1, &[])?;
         self.check_overlap(c * cs, cs)?;
-        sync(&self.file)?;
-        write_meta(&self.file, &vec![0u8; cs as usize], c * cs)?;
-        sync(&self.file)?;
-        let e = (c * cs) | OFLAG_COPIED;
-        write_meta(
-            &self.file,
-            &e.to_be_bytes(),
-            self.h.l1_table_offset + 8 * i1 as u64,
-        )?;
-        self.l1[i1] = e;
-        self.meta.insert(c);
-        self.l2_cache.insert(c * cs, vec![0u64; cs as usize / 8]);
+        self.add_new_l2(i1, c * cs);
         Ok(c * cs)
     }
 
@@ -333,7 +268,6 @@ impl Qcow2 {
         self.write_zero_bytes(b.min(end), end - b.min(end))?;
         self.zcache = None;
         let new_entry = if has_backing { OFLAG_ZERO } else { 0 };
-        let mut dirty = DirtyL2::default();
         let mut frees = Vec::new();
         let mut g = a;
         while g < b {
@@ -347,12 +281,11 @@ impl Qcow2 {
             if !already {
                 let l2off = self.ensure_l2(i1)?;
                 self.l2_table(l2off)?[i2] = new_entry;
-                dirty.mark(l2off, i2);
+                self.l2_dirty(l2off, i2, i2);
                 frees.push(old);
             }
             g += cs;
         }
-        self.write_dirty_l2(dirty)?;
         self.free_old(&frees)
     }
 

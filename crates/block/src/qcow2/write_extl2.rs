@@ -14,7 +14,7 @@
 //!   cluster, like QEMU); partial subclusters get written zeros.
 
 use super::{Mapping, Qcow2, L2_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED};
-use crate::fileio::{file_len, read_full, sync, write_full, write_meta};
+use crate::fileio::{read_full, write_full};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 
@@ -104,18 +104,13 @@ impl Qcow2 {
         let d = dirty.entry(l2off).or_insert((2 * i2, 2 * i2 + 1));
         d.0 = d.0.min(2 * i2);
         d.1 = d.1.max(2 * i2 + 1);
+        self.l2_dirty(l2off, 2 * i2, 2 * i2 + 1);
         Ok(())
     }
 
-    /// Write the changed word ranges of L2 tables.
-    fn flush_ext_dirty(&mut self, dirty: BTreeMap<u64, (usize, usize)>) -> Result<()> {
-        for (off, (lo, hi)) in dirty {
-            let bytes: Vec<u8> = self.l2_table(off)?[lo..=hi]
-                .iter()
-                .flat_map(|e| e.to_be_bytes())
-                .collect();
-            write_meta(&self.file, &bytes, off + lo as u64 * 8)?;
-        }
+    /// The changed word ranges of L2 tables are marked dirty in the cache already and
+    /// written back at the next flush (see `meta_cache`).
+    fn flush_ext_dirty(&mut self, _dirty: BTreeMap<u64, (usize, usize)>) -> Result<()> {
         Ok(())
     }
 
@@ -156,9 +151,8 @@ impl Qcow2 {
             done += len;
         }
         self.zcache = None;
-        let flen = file_len(&self.file)?;
         for j in jobs.iter().filter(|j| j.in_place()) {
-            if j.host() >= flen {
+            if !self.within_file(j.host())? {
                 self.mark_corrupt();
                 return Err(Error::Corrupt(format!(
                     "data cluster for guest offset {:#x} lies beyond the end of the file; image marked corrupt",
@@ -176,7 +170,6 @@ impl Qcow2 {
         let first = if nalloc > 0 {
             let c = self.alloc_clusters(nalloc, &[])?;
             self.check_overlap(c * cs, nalloc * cs)?;
-            sync(&self.file)?;
             c
         } else {
             0
@@ -235,7 +228,6 @@ impl Qcow2 {
             write_full(&self.file, &data, host + a * scs)?;
             news.push((host, bitmap));
         }
-        sync(&self.file)?;
         // 3. The references, then the old clusters' refcounts.
         let mut dirty = BTreeMap::new();
         let mut frees = Vec::new();

@@ -38,6 +38,9 @@ pub struct Config {
     pub lazy: bool,
     pub size: u64,
     pub ops: usize,
+    /// Tables per metadata cache in the writer (0: Kiln's default); small caches make
+    /// evictions write metadata out in the middle of operations.
+    pub cache_tables: usize,
 }
 
 impl Config {
@@ -47,8 +50,11 @@ impl Config {
     }
 }
 
-/// The operations of `seed`, ending with a flush.
+/// The operations of `seed`, ending with a flush (seed 0: [`reuse_scenario`]).
 pub fn ops(cfg: &Config, seed: u64) -> Vec<Op> {
+    if seed == 0 {
+        return reuse_scenario(cfg);
+    }
     let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let cs = cfg.cluster_size;
     let size = cfg.size;
@@ -90,6 +96,30 @@ pub fn ops(cfg: &Config, seed: u64) -> Vec<Op> {
     }
     v.push(Op::Flush);
     v
+}
+
+/// A fixed scenario: a data cluster is written, flushed, discarded and freed at a flush;
+/// then a write to a range without an L2 table places the new table on that freed
+/// cluster (its stale contents are guest data), and a flush links it.
+pub fn reuse_scenario(cfg: &Config) -> Vec<Op> {
+    let cs = cfg.cluster_size;
+    let l2_span = cs / 8 * cs;
+    vec![
+        Op::Write {
+            off: 0,
+            len: cs,
+            seed: 11,
+        },
+        Op::Flush,
+        Op::Discard { off: 0, len: cs },
+        Op::Flush,
+        Op::Write {
+            off: 2 * l2_span,
+            len: cs,
+            seed: 12,
+        },
+        Op::Flush,
+    ]
 }
 
 /// Usually turn (off, len) into a run of 1 to 4 whole clusters.
@@ -210,7 +240,11 @@ pub fn run_child(
     cmd.args([child_test, "--exact", "--nocapture", "--test-threads=1"])
         .env("KILN_CRASH_CHILD", spec)
         .env_remove("KILN_BLOCK_KILL_AT_META_WRITE")
-        .env_remove("KILN_BLOCK_TRACE");
+        .env_remove("KILN_BLOCK_TRACE")
+        .env_remove("KILN_BLOCK_CACHE_TABLES");
+    if cfg.cache_tables > 0 {
+        cmd.env("KILN_BLOCK_CACHE_TABLES", cfg.cache_tables.to_string());
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -241,6 +275,7 @@ pub fn child_main() {
         lazy: f[6] == "1",
         size: f[7].parse().unwrap(),
         ops: f[8].parse().unwrap(),
+        cache_tables: 0,
     };
     let seed: u64 = f[2].parse().unwrap();
     let mut log = std::fs::OpenOptions::new()
