@@ -80,6 +80,9 @@ pub(crate) fn write_meta(file: &File, buf: &[u8], offset: u64) -> Result<()> {
     write_tagged(file, buf, offset, b'M')
 }
 
+/// Attempts at taking an image's lock, 10 ms apart, before it counts as in use.
+const LOCK_TRIES: u32 = 20;
+
 /// Open an image file and lock it: exclusively when it is opened for writing, shared
 /// when read-only, so two writers (or a writer and a reader) cannot use one image at
 /// once and corrupt it. The lock (`flock`) goes away with the file.
@@ -95,8 +98,21 @@ pub(crate) fn open_image(path: &Path, read_only: bool) -> Result<File> {
     } else {
         libc::LOCK_EX
     };
-    // SAFETY: flock only reads the descriptor number, which `file` keeps open.
-    let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
+    // A conflicting lock may belong to a child another thread of this process is
+    // spawning (it holds copies of our descriptors until its exec closes them), which is
+    // gone within microseconds: try a few times before calling the image busy.
+    let mut tries = 0;
+    let r = loop {
+        // SAFETY: flock only reads the descriptor number, which `file` keeps open.
+        let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
+        let busy =
+            r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK);
+        if !busy || tries == LOCK_TRIES {
+            break r;
+        }
+        tries += 1;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {

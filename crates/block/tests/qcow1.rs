@@ -25,10 +25,7 @@ fn mixed(seed: u64, n: usize) -> Vec<u8> {
 /// a compressed qcow image (its final zero-length compressed write fails for qcow), so
 /// accept that exit when nothing was printed and the image compares equal to its source.
 pub fn qemu_convert_to_qcow(args: &[&str], src: &Path, img: &Path) {
-    let out = std::process::Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img is needed for these tests");
+    let out = run_qemu("qemu-img", args);
     let quiet = out.stdout.is_empty() && out.stderr.is_empty();
     assert!(
         out.status.success() || (out.status.code() == Some(1) && quiet),

@@ -7,7 +7,6 @@ mod support;
 use kiln_block::qcow2::{self, CreateOptions, Qcow2};
 use kiln_block::{open_qcow2_rw, BlockDevice, Error};
 use std::path::Path;
-use std::process::Command;
 use support::*;
 
 /// Run `f`, retrying while the image is locked: another test's child process may hold a
@@ -270,10 +269,7 @@ fn backing_file_rewrite_keeps_other_extensions() {
         q.set_backing_file(None, None).unwrap();
         drop(q);
         kiln_check_clean(&ov, "after refused rewrite");
-        let st = Command::new("qemu-img")
-            .args(["info", s(&ov)])
-            .output()
-            .unwrap();
+        let st = run_qemu("qemu-img", &["info", s(&ov)]);
         assert!(st.status.success());
     }
 }

@@ -459,10 +459,7 @@ fn copied_flag_mismatches_are_reported_like_qemu_img() {
     let l2 = l1e & 0x00ff_ffff_ffff_fe00;
     let l2e = be64_at(&img, l2 as usize);
     poke(&img, l2, &(l2e | 1 << 63).to_be_bytes());
-    let out = std::process::Command::new("qemu-img")
-        .args(["check", s(&img)])
-        .output()
-        .unwrap();
+    let out = support::run_qemu("qemu-img", &["check", s(&img)]);
     assert_eq!(out.status.code(), Some(2));
     let theirs: Vec<String> = String::from_utf8(out.stderr)
         .unwrap()

@@ -9,9 +9,7 @@ use std::process::Command;
 /// Run a QEMU tool; panics (with its output) unless it exits 0. Fails loudly when the
 /// tool is missing: these tests must never be skipped silently.
 pub fn qemu(tool: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
-        panic!("{tool} is needed for these tests (apt-get install qemu-utils): {e}")
-    });
+    let out = run_qemu(tool, args);
     assert!(
         out.status.success(),
         "{tool} {args:?} failed: {}{}",
@@ -21,12 +19,27 @@ pub fn qemu(tool: &str, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// Run a QEMU tool, again (up to 5 times) while it only failed to get an image's lock:
+/// tests run in parallel threads, and a child spawned by another thread briefly holds
+/// copies of this thread's image descriptors (and so their locks) until it execs.
+pub fn run_qemu(tool: &str, args: &[&str]) -> std::process::Output {
+    let mut tries = 0;
+    loop {
+        let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
+            panic!("{tool} is needed for these tests (apt-get install qemu-utils): {e}")
+        });
+        let locked = String::from_utf8_lossy(&out.stderr).contains("Failed to get");
+        if out.status.success() || !locked || tries == 5 {
+            return out;
+        }
+        tries += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// `qemu-img check` exit status.
 pub fn qemu_check(path: &Path) -> i32 {
-    let out = Command::new("qemu-img")
-        .args(["check", path.to_str().unwrap()])
-        .output()
-        .expect("qemu-img is needed for these tests");
+    let out = run_qemu("qemu-img", &["check", path.to_str().unwrap()]);
     if out.status.code() != Some(0) {
         eprintln!(
             "{}{}",
