@@ -7,6 +7,7 @@ use kiln_block::raw::RawFile;
 use kiln_block::{BlockDevice, Extent, Format, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::sync::mpsc;
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
     match v {
@@ -181,34 +182,82 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
         no_backing: true,
     };
     let mut dst = kiln_block::open(a.dst, &dopts).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut off = 0u64;
-    let mut last_pct = u64::MAX;
-    while off < size {
-        let (kind, n) = src
-            .extent(off, (size - off).min(CHUNK))
-            .map_err(|e| e.to_string())?;
-        let n = n.max(1);
-        if kind != Extent::Zero {
-            let b = &mut buf[..n as usize];
-            src.read_at(b, off).map_err(|e| e.to_string())?;
-            write_nonzero(dst.as_mut(), b, off)?;
-        }
-        off += n;
-        if a.progress {
-            let pct = off * 10000 / size.max(1);
-            if pct != last_pct {
-                last_pct = pct;
-                eprint!("    ({}.{:02}/100%)\r", pct / 100, pct % 100);
-                let _ = std::io::stderr().flush();
+    // A reader thread fills chunks while this one writes the previous ones: the copy into
+    // the page cache on each side is most of a convert's time, and runs on both cores.
+    let (full_tx, full_rx) = mpsc::sync_channel::<Result<Chunk, String>>(PIPELINE);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..PIPELINE + 1 {
+        let _ = empty_tx.send(vec![0u8; CHUNK as usize]);
+    }
+    let reader = std::thread::spawn(move || {
+        let mut off = 0u64;
+        while off < size {
+            let chunk = (|| {
+                let (kind, n) = src
+                    .extent(off, (size - off).min(CHUNK))
+                    .map_err(|e| e.to_string())?;
+                let n = n.max(1);
+                let data = if kind == Extent::Zero {
+                    None
+                } else {
+                    let mut buf = empty_rx.recv().map_err(|_| "convert stopped".to_string())?;
+                    src.read_at(&mut buf[..n as usize], off)
+                        .map_err(|e| e.to_string())?;
+                    Some(buf)
+                };
+                Ok(Chunk { off, len: n, data })
+            })();
+            let stop = chunk.is_err();
+            if let Ok(c) = &chunk {
+                off += c.len;
+            }
+            if full_tx.send(chunk).is_err() || stop {
+                return;
             }
         }
-    }
+    });
+    let mut last_pct = u64::MAX;
+    let mut done = 0u64;
+    let result = (|| {
+        while done < size {
+            let c = full_rx
+                .recv()
+                .map_err(|_| "the reader stopped".to_string())??;
+            if let Some(buf) = c.data {
+                write_nonzero(dst.as_mut(), &buf[..c.len as usize], c.off)?;
+                let _ = empty_tx.send(buf);
+            }
+            done = c.off + c.len;
+            if a.progress {
+                let pct = done * 10000 / size.max(1);
+                if pct != last_pct {
+                    last_pct = pct;
+                    eprint!("    ({}.{:02}/100%)\r", pct / 100, pct % 100);
+                    let _ = std::io::stderr().flush();
+                }
+            }
+        }
+        Ok::<(), String>(())
+    })();
+    drop(full_rx);
+    drop(empty_tx);
+    let _ = reader.join();
+    result?;
     if a.progress {
         eprintln!("    (100.00/100%)");
     }
     dst.flush().map_err(|e| e.to_string())?;
     Ok(0)
+}
+
+/// Chunks read ahead of the writer.
+const PIPELINE: usize = 2;
+
+/// One chunk of the source: where, how long, and its bytes (None: reads as zeros).
+struct Chunk {
+    off: u64,
+    len: u64,
+    data: Option<Vec<u8>>,
 }
 
 /// Whether `b` is all zeros: 64-byte blocks OR-folded (the compiler vectorizes the fold),
