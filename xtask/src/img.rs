@@ -2,16 +2,18 @@
 //! `kiln img` vs `qemu-img` on the same files in the same run.
 //!
 //! I/O: `kiln img bench` and `qemu-img bench` (same options: buffer size, count, step,
-//! depth 1, cache writeback) on a 1 GiB raw image and a fully allocated 1 GiB qcow2
-//! image made from it: sequential 64 KiB reads and overwrites, and 4 KiB "random" reads and
-//! overwrites (a step of 7919 blocks wraps around the image and touches the blocks in a
+//! depth 1, cache writeback) on a 1 GiB raw image of pseudo-random data and the fully
+//! allocated 1 GiB qcow2 image made from it: sequential 64 KiB reads and overwrites, and
+//! 4 KiB "random" reads and overwrites (a step of 7919 blocks wraps around the image and touches the blocks in a
 //! scattered order, the same for both tools since qemu-img bench has no random mode);
 //! allocating writes into a fresh empty qcow2 image per run. The times are each tool's own
 //! "Run completed in" (the request loop; the flush on close is not included, for either).
-//! Files stay in the page cache: this measures the format layer's cost, not the disk.
+//! Reads run on a warm page cache: they measure the format layer's cost, not the disk.
+//! Before every overwrite run the file is synced and dropped from the page cache (see
+//! `drop_cache`), the same for both tools and both formats.
 //!
-//! Convert: a 1 GiB raw image (three quarters data, one quarter zeros) to qcow2 and that
-//! qcow2 back to raw, wall time of `kiln img convert` vs `qemu-img convert -t writeback`
+//! Convert: a 1 GiB raw image (three quarters data, one quarter zeros) to qcow2, and the
+//! same data as a (sparse) qcow2 image made by qemu-img back to raw, wall time of `kiln img convert` vs `qemu-img convert -t writeback`
 //! (qemu-img's default output cache mode `unsafe` skips the final fsync that Kiln's
 //! convert does; writeback makes both durable at exit).
 
@@ -154,13 +156,25 @@ fn completed(out: &str) -> Result<f64> {
         .with_context(|| format!("no 'Run completed in' line in: {out}"))
 }
 
-/// Deterministic data: three quarters pseudo-random, every fourth MiB zeros.
-fn make_source(path: &Path) -> Result<()> {
+/// Write `path` out and drop it from the page cache, so every overwrite run starts from
+/// the same state for raw and qcow2 files. (Random 4 KiB writes into a file cached in
+/// large folios cost several times more than into one cached in small ones, so files
+/// written differently - a copy, a convert - would otherwise measure the page cache.)
+fn drop_cache(path: &Path) -> Result<()> {
+    run(Command::new("sync").arg(path))?;
+    run(Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .args(["iflag=nocache", "count=0", "status=none"]))?;
+    Ok(())
+}
+
+/// Deterministic data: pseudo-random, and with `holes` every fourth MiB zeros.
+fn make_source(path: &Path, holes: bool) -> Result<()> {
     let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut buf = vec![0u8; 1 << 20];
     for mib in 0..SIZE >> 20 {
-        if mib % 4 == 3 {
+        if holes && mib % 4 == 3 {
             buf.fill(0);
         } else {
             for c in buf.chunks_exact_mut(8) {
@@ -206,7 +220,10 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         "[img] making the 1 GiB source and its qcow2 copy in {}",
         dir.display()
     );
-    make_source(&p("source.raw"))?;
+    make_source(&p("source.raw"), true)?;
+    // The I/O cases' files hold data everywhere: zero ranges written by a convert may be
+    // unwritten extents in the file system, whose first overwrite costs extra.
+    make_source(&p("full.raw"), false)?;
     let kiln_cmd = || Command::new(&kiln);
     let qemu_cmd = || Command::new(&qemu_img);
     let fresh = |name: &str| -> Result<()> {
@@ -215,22 +232,29 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         Ok(())
     };
     let reset_data = || -> Result<()> {
-        fs::copy(p("source.raw"), p("data.raw")).context("copying the source")?;
+        fs::copy(p("full.raw"), p("data.raw")).context("copying the source")?;
         let _ = fs::remove_file(p("data.qcow2"));
-        // Every cluster allocated (no zero clusters): -S 0 writes zeros as data.
+        // Every cluster allocated and holding data.
         run(qemu_cmd().args([
             "convert",
             "-q",
-            "-S",
-            "0",
             "-O",
             "qcow2",
-            &s(&p("source.raw")),
+            &s(&p("full.raw")),
             &s(&p("data.qcow2")),
         ]))?;
         Ok(())
     };
     reset_data()?;
+    let _ = fs::remove_file(p("source.qcow2"));
+    run(qemu_cmd().args([
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        &s(&p("source.raw")),
+        &s(&p("source.qcow2")),
+    ]))?;
 
     let mut rows = Vec::new();
     for case in CASES {
@@ -239,6 +263,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             for (peer, samples) in [("kiln", &mut k), ("qemu", &mut q)] {
                 if case.fresh {
                     fresh(case.file)?;
+                } else if case.write {
+                    drop_cache(&p(case.file))?;
                 }
                 let file = s(&p(case.file));
                 let (c, b, st) = (
@@ -300,7 +326,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         ),
         (
             "convert 1 GiB qcow2 to raw (s)",
-            "data.qcow2",
+            "source.qcow2",
             "out.raw",
             "raw",
         ),
