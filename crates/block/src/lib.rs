@@ -106,6 +106,13 @@ pub trait BlockDevice: Send + fmt::Debug {
     /// Make `len` bytes at `offset` read as zeros, without writing data where possible.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
 
+    /// Size the format's L2 table cache to about `bytes` (qcow2: QEMU's `l2-cache-size`;
+    /// formats without such a cache ignore it).
+    fn set_l2_cache_size(&mut self, bytes: u64) -> Result<()> {
+        let _ = bytes;
+        Ok(())
+    }
+
     /// What the range starting at `offset` holds: the kind of the first part, and how many
     /// bytes (at most `len`, at least 1 when `len > 0`) have that kind.
     fn extent(&mut self, offset: u64, len: u64) -> Result<(Extent, u64)> {

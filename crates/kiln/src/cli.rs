@@ -152,6 +152,8 @@ struct RunArgs {
     /// /dev/vdb, ... in order); if=ide puts it on the IDE controller (position index=0-3,
     /// else the first free one), where a BIOS and any installer kernel find it. The
     /// format is probed when not given; a comma in FILE is written ",,".
+    /// l2-cache-size=SIZE sizes a qcow2 disk's L2 table cache as QEMU's option does
+    /// (default: enough for the whole disk, at most 32 MiB).
     #[arg(long, value_name = "path=FILE,...", value_parser = parse_disk)]
     disk: Vec<DiskConfig>,
 
@@ -262,6 +264,7 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         read_only: false,
         serial: None,
         bus: DiskBus::Virtio,
+        l2_cache_size: None,
     };
     let mut index = None;
     for (i, part) in split_options(s).into_iter().enumerate() {
@@ -305,9 +308,14 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
                         .ok_or_else(|| format!("index={value}: an IDE position is 0 to 3"))?,
                 )
             }
+            "l2-cache-size" | "l2_cache_size" => {
+                disk.l2_cache_size = Some(
+                    crate::img::parse_size(&value).map_err(|e| format!("l2-cache-size: {e}"))?,
+                )
+            }
             _ => {
                 return Err(format!(
-                    "unknown disk option '{key}' (path, format, readonly, serial, if, index)"
+                    "unknown disk option '{key}' (path, format, readonly, serial, if, index, l2-cache-size)"
                 ))
             }
         }
@@ -585,6 +593,7 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
             read_only: false,
             serial: None,
             bus: DiskBus::Virtio,
+            l2_cache_size: None,
         });
     }
     config.disks.extend(args.disk);
@@ -718,6 +727,10 @@ mod tests {
     #[test]
     fn disk_options() {
         let d = parse_disk("path=a,,b.qcow2,format=qcow2,readonly=on,serial=XY").unwrap();
+        assert_eq!(d.l2_cache_size, None);
+        let c = parse_disk("c.qcow2,l2-cache-size=4M").unwrap();
+        assert_eq!(c.l2_cache_size, Some(4 << 20));
+        assert!(parse_disk("c.qcow2,l2-cache-size=lots").is_err());
         assert_eq!(d.path, PathBuf::from("a,b.qcow2"));
         assert_eq!(d.format, Some(kiln_block::Format::Qcow2));
         assert!(d.read_only);

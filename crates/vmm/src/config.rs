@@ -127,6 +127,9 @@ pub struct DiskConfig {
     pub serial: Option<String>,
     /// The bus the disk hangs on.
     pub bus: DiskBus,
+    /// The qcow2 L2 table cache in bytes (QEMU's `l2-cache-size`); None: QEMU's default
+    /// (enough for the whole disk, at most 32 MiB).
+    pub l2_cache_size: Option<u64>,
 }
 
 /// A network interface the guest sees as a virtio-net device, backed by a host TAP device.

@@ -148,8 +148,13 @@ impl IdeDevices {
                         format: d.format,
                         no_backing: false,
                     };
-                    let image = kiln_block::open(&d.path, &opts)
+                    let mut image = kiln_block::open(&d.path, &opts)
                         .map_err(|e| VmmError::Config(format!("disk: {e}")))?;
+                    if let Some(bytes) = d.l2_cache_size {
+                        image
+                            .set_l2_cache_size(bytes)
+                            .map_err(|e| VmmError::Config(format!("disk: {e}")))?;
+                    }
                     Some(IdeMedia::Disk(image))
                 }
             });
@@ -251,6 +256,7 @@ mod tests {
             read_only: false,
             serial: None,
             bus: DiskBus::Ide { index },
+            l2_cache_size: None,
         }
     }
 

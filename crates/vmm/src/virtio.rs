@@ -57,8 +57,12 @@ impl VirtioDevices {
                 format: d.format,
                 no_backing: false,
             };
-            let disk = kiln_block::open(&d.path, &opts)
+            let mut disk = kiln_block::open(&d.path, &opts)
                 .map_err(|e| VmmError::Config(format!("disk: {e}")))?;
+            if let Some(bytes) = d.l2_cache_size {
+                disk.set_l2_cache_size(bytes)
+                    .map_err(|e| VmmError::Config(format!("disk: {e}")))?;
+            }
             me.add(
                 Box::new(VirtioBlk::new(disk, d.serial.clone())),
                 memory,

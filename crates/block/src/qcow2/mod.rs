@@ -63,6 +63,27 @@ pub(crate) const OFLAG_ZERO: u64 = 1;
 /// Most lookups one [`BlockDevice::extent`] call makes before it answers.
 const MAX_EXTENT_STEPS: usize = 1 << 16;
 
+/// Largest L2 cache QEMU sizes by default on Linux (`l2-cache-size`).
+pub const MAX_DEFAULT_L2_CACHE: u64 = 32 << 20;
+
+/// L2 tables cached by default, by QEMU's rule: enough to cover the whole disk, at most
+/// [`MAX_DEFAULT_L2_CACHE`] bytes, at least two tables.
+fn default_l2_cache_tables(h: &Header, cluster_size: u64) -> usize {
+    let covered_per_table = h.l2_entries() * cluster_size;
+    let needed = h.size.div_ceil(covered_per_table);
+    l2_cache_tables(
+        needed
+            .saturating_mul(cluster_size)
+            .min(MAX_DEFAULT_L2_CACHE),
+        cluster_size,
+    )
+}
+
+/// L2 tables in a cache of `bytes` (at least two, as QEMU).
+fn l2_cache_tables(bytes: u64, cluster_size: u64) -> usize {
+    (bytes / cluster_size).clamp(2, 1 << 20) as usize
+}
+
 /// Where the bytes of a piece of a guest cluster come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mapping {
@@ -235,6 +256,8 @@ impl Qcow2 {
                 sn.validate_l1(cluster_size, flen)?;
             }
         }
+        let l2_tables = meta_cache::cache_tables_override()
+            .unwrap_or_else(|| default_l2_cache_tables(&h, cluster_size));
         let cache_tables = meta_cache::cache_tables_override()
             .unwrap_or(((8u64 << 20) / cluster_size).clamp(4, 256) as usize);
         Ok(Qcow2 {
@@ -243,7 +266,7 @@ impl Qcow2 {
             read_only,
             cluster_size,
             l1,
-            l2_cache: Cache::new(cache_tables),
+            l2_cache: Cache::new(l2_tables),
             reftable,
             refblock_cache: Cache::new(cache_tables),
             backing: None,
@@ -473,6 +496,13 @@ impl Qcow2 {
 }
 
 impl BlockDevice for Qcow2 {
+    fn set_l2_cache_size(&mut self, bytes: u64) -> Result<()> {
+        // Dirty tables go out first; the new cache starts empty.
+        self.flush_meta()?;
+        self.l2_cache = Cache::new(l2_cache_tables(bytes, self.cluster_size));
+        Ok(())
+    }
+
     fn size(&self) -> u64 {
         self.h.size
     }
