@@ -113,19 +113,7 @@ fn open_chain(
                 return Ok(Box::new(img));
             }
             if let Some(name) = img.backing_file().map(str::to_owned) {
-                let bpath = resolve_backing(path, &name);
-                let bopts = OpenOptions {
-                    read_only: true,
-                    format: None,
-                    no_backing: false,
-                };
-                let backing = open_chain(&bpath, &bopts, depth + 1, seen).map_err(|e| {
-                    Error::Invalid(format!(
-                        "{}: could not open backing file: {e}",
-                        path.display()
-                    ))
-                })?;
-                img.set_backing(backing);
+                img.set_backing(open_backing(path, &name, None, depth + 1, seen)?);
             }
             Ok(Box::new(img))
         }
@@ -135,27 +123,37 @@ fn open_chain(
                 return Ok(Box::new(img));
             }
             if let Some(name) = img.backing_file().map(str::to_owned) {
-                let bpath = resolve_backing(path, &name);
-                let bfmt = match img.backing_format() {
-                    Some(f) => Some(
-                        Format::from_name(f).map_err(|e| e.context(&path.display().to_string()))?,
-                    ),
-                    None => None,
-                };
-                let bopts = OpenOptions {
-                    read_only: true,
-                    format: bfmt,
-                    no_backing: false,
-                };
-                let backing = open_chain(&bpath, &bopts, depth + 1, seen).map_err(|e| {
-                    Error::Invalid(format!(
-                        "{}: could not open backing file: {e}",
-                        path.display()
-                    ))
-                })?;
-                img.set_backing(backing);
+                let fmt = img.backing_format().map(str::to_owned);
+                img.set_backing(open_backing(path, &name, fmt.as_deref(), depth + 1, seen)?);
             }
             Ok(Box::new(img))
         }
     }
+}
+
+/// Open the backing file `name` of the image at `overlay` (read-only, with its own
+/// chain): resolved against the overlay's directory, as the format the overlay names or
+/// probed. `depth` and `seen` continue the chain's depth limit and loop detection.
+pub(crate) fn open_backing(
+    overlay: &Path,
+    name: &str,
+    format: Option<&str>,
+    depth: usize,
+    seen: &mut Vec<PathBuf>,
+) -> Result<Box<dyn BlockDevice>> {
+    let format = format
+        .map(Format::from_name)
+        .transpose()
+        .map_err(|e| e.context(&overlay.display().to_string()))?;
+    let opts = OpenOptions {
+        read_only: true,
+        format,
+        no_backing: false,
+    };
+    open_chain(&resolve_backing(overlay, name), &opts, depth, seen).map_err(|e| {
+        Error::Invalid(format!(
+            "{}: could not open backing file: {e}",
+            overlay.display()
+        ))
+    })
 }

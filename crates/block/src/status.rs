@@ -134,24 +134,10 @@ pub fn backing_chain(path: &Path, format: Option<Format>) -> Result<Vec<ChainLin
 pub fn open_qcow2_rw(path: &Path) -> Result<Qcow2> {
     let mut img = Qcow2::open(path, false)?;
     if let Some(name) = img.backing_file().map(str::to_owned) {
-        let bpath = resolve_backing(path, &name);
-        let bfmt = match img.backing_format() {
-            Some(f) => {
-                Some(Format::from_name(f).map_err(|e| e.context(&path.display().to_string()))?)
-            }
-            None => None,
-        };
-        let opts = crate::OpenOptions {
-            read_only: true,
-            format: bfmt,
-            no_backing: false,
-        };
-        let b = crate::open(&bpath, &opts).map_err(|e| {
-            Error::Invalid(format!(
-                "{}: could not open backing file: {e}",
-                path.display()
-            ))
-        })?;
+        let fmt = img.backing_format().map(str::to_owned);
+        let canon =
+            std::fs::canonicalize(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+        let b = crate::open::open_backing(path, &name, fmt.as_deref(), 1, &mut vec![canon])?;
         img.set_backing(b);
     }
     Ok(img)

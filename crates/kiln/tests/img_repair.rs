@@ -4,28 +4,7 @@
 
 mod common;
 
-use common::{run, Scratch};
-use std::process::Command;
-
-fn qemu_img(args: &[&str]) -> i32 {
-    Command::new("qemu-img")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("qemu-img is needed for these tests (apt-get install qemu-utils): {e}")
-        })
-        .status
-        .code()
-        .unwrap()
-}
-
-/// Set the 16-bit refcount of cluster `c` in the first refcount block (at 2 clusters).
-fn poke_refcount(path: &str, c: usize, v: u16) {
-    let mut f = std::fs::read(path).unwrap();
-    let at = 2 * 65536 + 2 * c;
-    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
-    std::fs::write(path, f).unwrap();
-}
+use common::{poke_refcount, qemu_img_status as qemu_img, run, Scratch};
 
 #[test]
 fn img_check_r_repairs_leaks_and_corruptions_like_qemu_img() {

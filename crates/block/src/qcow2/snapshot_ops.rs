@@ -320,10 +320,10 @@ impl Qcow2 {
         Ok(sn)
     }
 
-    /// Revert the disk to snapshot `idx` (see [`Qcow2::find_snapshot`]): the active L1
-    /// table becomes a copy of the snapshot's, and the disk size the snapshot's.
-    pub fn snapshot_apply(&mut self, idx: usize) -> Result<()> {
-        self.check_snapshot_writable("apply")?;
+    /// The checks and write-out before applying or deleting snapshot `idx`: the snapshot
+    /// and its L1 table.
+    fn begin_snapshot_op(&mut self, what: &str, idx: usize) -> Result<(Snapshot, Vec<u64>)> {
+        self.check_snapshot_writable(what)?;
         self.flush_meta()?;
         let sn = self
             .snapshots
@@ -331,6 +331,13 @@ impl Qcow2 {
             .cloned()
             .ok_or_else(|| Error::InvalidArgument("snapshot not found".into()))?;
         let sn_l1 = self.snapshot_l1(&sn)?;
+        Ok((sn, sn_l1))
+    }
+
+    /// Revert the disk to snapshot `idx` (see [`Qcow2::find_snapshot`]): the active L1
+    /// table becomes a copy of the snapshot's, and the disk size the snapshot's.
+    pub fn snapshot_apply(&mut self, idx: usize) -> Result<()> {
+        let (sn, sn_l1) = self.begin_snapshot_op("apply", idx)?;
         if sn.disk_size > 1 << 61 || !sn.disk_size.is_multiple_of(512) {
             return Err(Error::Invalid(format!(
                 "snapshot '{}' has an invalid disk size {}",
@@ -386,14 +393,7 @@ impl Qcow2 {
 
     /// Delete snapshot `idx`: remove it from the table, then drop its references.
     pub fn snapshot_delete(&mut self, idx: usize) -> Result<()> {
-        self.check_snapshot_writable("delete")?;
-        self.flush_meta()?;
-        let sn = self
-            .snapshots
-            .get(idx)
-            .cloned()
-            .ok_or_else(|| Error::InvalidArgument("snapshot not found".into()))?;
-        let sn_l1 = self.snapshot_l1(&sn)?;
+        let (sn, sn_l1) = self.begin_snapshot_op("delete", idx)?;
         self.update_tree(&sn_l1, -1, true)?;
         let mut snaps = self.snapshots.clone();
         snaps.remove(idx);

@@ -176,3 +176,25 @@ pub fn which(program: &str) -> PathBuf {
     }
     panic!("{program} is not installed (scripts/setup.sh installs it)");
 }
+
+/// The exit status of `qemu-img ARGS` (fails loudly when qemu-img is missing).
+pub fn qemu_img_status(args: &[&str]) -> i32 {
+    std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("qemu-img is needed for these tests (apt-get install qemu-utils): {e}")
+        })
+        .status
+        .code()
+        .unwrap()
+}
+
+/// Set the 16-bit refcount of cluster `c` in the first refcount block (at 2 clusters) of
+/// a qcow2 image with 64 KiB clusters.
+pub fn poke_refcount(path: &str, c: usize, v: u16) {
+    let mut f = std::fs::read(path).unwrap();
+    let at = 2 * 65536 + 2 * c;
+    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    std::fs::write(path, f).unwrap();
+}
