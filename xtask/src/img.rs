@@ -68,7 +68,7 @@ const CASES: &[Case] = &[
         write: false,
         buffer: 4096,
         step: 4096 * RANDOM_STRIDE_BLOCKS,
-        count: 65536,
+        count: 262_144,
         fresh: false,
     },
     Case {
@@ -77,7 +77,7 @@ const CASES: &[Case] = &[
         write: false,
         buffer: 4096,
         step: 4096 * RANDOM_STRIDE_BLOCKS,
-        count: 65536,
+        count: 262_144,
         fresh: false,
     },
     Case {
@@ -104,7 +104,7 @@ const CASES: &[Case] = &[
         write: true,
         buffer: 4096,
         step: 4096 * RANDOM_STRIDE_BLOCKS,
-        count: 65536,
+        count: 262_144,
         fresh: false,
     },
     Case {
@@ -113,7 +113,7 @@ const CASES: &[Case] = &[
         write: true,
         buffer: 4096,
         step: 4096 * RANDOM_STRIDE_BLOCKS,
-        count: 65536,
+        count: 262_144,
         fresh: false,
     },
     Case {
@@ -436,7 +436,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         targets,
         notes: vec![
             format!(
-                "1 GiB images in {} (page cache warm): sequential cases 16384 x 64 KiB, random cases 65536 x 4 KiB with a step of {RANDOM_STRIDE_BLOCKS} blocks",
+                "1 GiB images in {} (page cache warm): sequential cases 16384 x 64 KiB, random reads and overwrites 262144 x 4 KiB (every block once), random allocating writes 65536 x 4 KiB, with a step of {RANDOM_STRIDE_BLOCKS} blocks",
                 dir.display()
             ),
             format!("load average at the end: {}", report::load_average()),
