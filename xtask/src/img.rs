@@ -15,7 +15,8 @@
 //! Convert: a 1 GiB raw image (three quarters data, one quarter zeros) to qcow2, and the
 //! same data as a (sparse) qcow2 image made by qemu-img back to raw, wall time of `kiln img convert` vs `qemu-img convert -t writeback`
 //! (qemu-img's default output cache mode `unsafe` skips the final fsync that Kiln's
-//! convert does; writeback makes both durable at exit).
+//! convert does; writeback makes both durable at exit), each run after a `sync` so the
+//! previous run's writeback does not land in its fsync.
 
 use std::fs;
 use std::io::Write;
@@ -335,6 +336,9 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         for r in 0..runs {
             for peer in ["kiln", "qemu"] {
                 let _ = fs::remove_file(p(to));
+                // Nothing of the previous run still being written back: each convert's
+                // final fsync then waits for its own output only.
+                run(&mut Command::new("sync"))?;
                 let (src, dst) = (s(&p(from)), s(&p(to)));
                 let mut cmd = match peer {
                     "kiln" => {
