@@ -128,9 +128,6 @@ pub struct Qcow2 {
     free_hint: u64,
     /// The last decompressed cluster: (host offset of the compressed data, bytes).
     zcache: Option<(u64, Vec<u8>)>,
-    /// A file length seen at some point (the file only grows while open): data clusters
-    /// starting past it are checked against the real length before they are read.
-    known_len: u64,
     /// Internal snapshots (see [`snapshot`]).
     snapshots: Vec<snapshot::Snapshot>,
     /// Bytes of the snapshot table.
@@ -273,7 +270,6 @@ impl Qcow2 {
             meta,
             free_hint: 0,
             zcache: None,
-            known_len: flen,
             snapshots,
             snapshots_size,
             dirty_marked: None,
@@ -442,13 +438,10 @@ impl Qcow2 {
             let n = (len as usize).min(buf.len() - done);
             let in_cluster = guest % self.cluster_size;
             if let Mapping::Data { host, .. } = m {
-                if host >= self.known_len {
-                    self.known_len = file_len(&self.file)?;
-                    if host >= self.known_len {
-                        return Err(Error::Corrupt(format!(
-                            "data cluster at host offset {host:#x} (guest offset {guest:#x}) lies beyond the end of the file"
-                        )));
-                    }
+                if !self.within_file(host)? {
+                    return Err(Error::Corrupt(format!(
+                        "data cluster at host offset {host:#x} (guest offset {guest:#x}) lies beyond the end of the file"
+                    )));
                 }
                 let h = host + in_cluster;
                 match run {
