@@ -216,7 +216,7 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
             }
         }
     });
-    let mut last_pct = u64::MAX;
+    let mut progress = Progress::new(a.progress, size);
     let mut done = 0u64;
     let result = (|| {
         while done < size {
@@ -228,14 +228,7 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
                 let _ = empty_tx.send(buf);
             }
             done = c.off + c.len;
-            if a.progress {
-                let pct = done * 10000 / size.max(1);
-                if pct != last_pct {
-                    last_pct = pct;
-                    eprint!("    ({}.{:02}/100%)\r", pct / 100, pct % 100);
-                    let _ = std::io::stderr().flush();
-                }
-            }
+            progress.at(done);
         }
         Ok::<(), String>(())
     })();
@@ -243,11 +236,44 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
     drop(empty_tx);
     let _ = reader.join();
     result?;
-    if a.progress {
-        eprintln!("    (100.00/100%)");
-    }
+    progress.finish();
     dst.flush().map_err(|e| e.to_string())?;
     Ok(0)
+}
+
+/// qemu-img's `-p` progress line on stderr: the percentage done, redrawn when it changes.
+pub(super) struct Progress {
+    on: bool,
+    size: u64,
+    last: u64,
+}
+
+impl Progress {
+    /// A progress line for `size` bytes, shown only when `on`.
+    pub(super) fn new(on: bool, size: u64) -> Progress {
+        Progress {
+            on,
+            size,
+            last: u64::MAX,
+        }
+    }
+
+    /// `done` bytes are done.
+    pub(super) fn at(&mut self, done: u64) {
+        let pct = done * 10000 / self.size.max(1);
+        if self.on && pct != self.last {
+            self.last = pct;
+            eprint!("    ({}.{:02}/100%)\r", pct / 100, pct % 100);
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    /// The whole job is done.
+    pub(super) fn finish(&self) {
+        if self.on {
+            eprintln!("    (100.00/100%)");
+        }
+    }
 }
 
 /// Chunks read ahead of the writer.
@@ -271,22 +297,33 @@ pub(super) fn is_zero(b: &[u8]) -> bool {
         && rest.iter().all(|&x| x == 0)
 }
 
-/// Write the non-zero runs of `b` (at `ZERO_GRAIN` granularity) to `dst` at `off`.
-fn write_nonzero(dst: &mut dyn BlockDevice, b: &[u8], off: u64) -> Result<(), String> {
+/// Call `f` with each run of `b` that holds data, in pieces of `grain` bytes (a piece of
+/// only zeros ends a run); the runs in between read as zeros and can stay unwritten.
+pub(super) fn for_data_runs(
+    b: &[u8],
+    grain: usize,
+    mut f: impl FnMut(std::ops::Range<usize>) -> Result<(), String>,
+) -> Result<(), String> {
+    let zero = |j: usize| is_zero(&b[j..(j + grain).min(b.len())]);
     let mut i = 0;
     while i < b.len() {
-        let zero = |j: usize| is_zero(&b[j..(j + ZERO_GRAIN).min(b.len())]);
         if zero(i) {
-            i += ZERO_GRAIN;
+            i += grain;
             continue;
         }
         let start = i;
         while i < b.len() && !zero(i) {
-            i += ZERO_GRAIN;
+            i += grain;
         }
-        let end = i.min(b.len());
-        dst.write_at(&b[start..end], off + start as u64)
-            .map_err(|e| e.to_string())?;
+        f(start..i.min(b.len()))?;
     }
     Ok(())
+}
+
+/// Write the non-zero runs of `b` (at `ZERO_GRAIN` granularity) to `dst` at `off`.
+fn write_nonzero(dst: &mut dyn BlockDevice, b: &[u8], off: u64) -> Result<(), String> {
+    for_data_runs(b, ZERO_GRAIN, |r| {
+        dst.write_at(&b[r.clone()], off + r.start as u64)
+            .map_err(|e| e.to_string())
+    })
 }
