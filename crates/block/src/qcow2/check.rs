@@ -240,28 +240,12 @@ pub(crate) fn check_counted(img: &mut Qcow2) -> Result<(CheckReport, HashMap<u64
     let mut copied = Vec::new();
     let mut pending = PendingL2::new();
     walk_l1(img, &mut c, &mut r, &l1, true, &mut copied, &mut pending)?;
-    // Internal snapshots: the table and each snapshot's L1 tree.
-    let mut at = img.h.snapshots_offset;
+    // Internal snapshots: the table (parsed and bounds-checked at open) and each
+    // snapshot's L1 tree.
     let mut ignore = Vec::new();
     let mut snapshot_l1_bytes = 0u64;
-    let snapshots = if img.h.nb_snapshots > 0 && img.h.snapshots_offset >= flen {
-        r.corruptions += 1;
-        r.messages
-            .push("ERROR snapshot table lies beyond the end of the image file".into());
-        0
-    } else {
-        img.h.nb_snapshots
-    };
-    for _ in 0..snapshots {
-        let mut fixed = [0u8; 40];
-        read_full(&img.file, &mut fixed, at)?;
-        let be32 = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().unwrap());
-        let sl1_off = u64::from_be_bytes(fixed[..8].try_into().unwrap());
-        let sl1_size = be32(8);
-        let id_len = u16::from_be_bytes([fixed[12], fixed[13]]) as u64;
-        let name_len = u16::from_be_bytes([fixed[14], fixed[15]]) as u64;
-        let extra = u64::from(be32(36));
-        at += (40 + extra + id_len + name_len).div_ceil(8) * 8;
+    for sn in img.snapshots.clone() {
+        let (sl1_off, sl1_size) = (sn.l1_table_offset, sn.l1_size);
         c.inc(
             &mut r,
             "snapshot L1 table",
@@ -295,12 +279,12 @@ pub(crate) fn check_counted(img: &mut Qcow2) -> Result<(CheckReport, HashMap<u64
         )?;
     }
     walk_pending(img, &mut c, &mut r, pending)?;
-    if snapshots > 0 {
+    if !img.snapshots.is_empty() {
         c.inc(
             &mut r,
             "snapshot table",
             img.h.snapshots_offset,
-            at - img.h.snapshots_offset,
+            img.snapshots_size,
         );
     }
     c.inc(
