@@ -606,7 +606,11 @@ fn run(args: RunArgs, start: std::time::Instant) -> Result<u8, String> {
     let outcome = loop {
         let vm = Vm::build(&config).map_err(|e| e.to_string())?;
         let outcome = vm.run().map_err(|e| e.to_string())?;
-        if outcome.reason == StopReason::Reset && args.on_reboot == OnReboot::Restart {
+        let reset = matches!(
+            outcome.reason,
+            StopReason::Reset | StopReason::TripleFaultReset
+        );
+        if reset && args.on_reboot == OnReboot::Restart {
             eprintln!("kiln: guest reset; restarting it (--on-reboot restart)");
             continue;
         }

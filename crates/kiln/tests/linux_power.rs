@@ -185,6 +185,17 @@ fn power_reboot_panic_restart_and_platform() {
             r.stdout_text(),
             r.stderr_text()
         );
+        // The message tells a reset the guest asked for from one by a triple fault.
+        let said = if name == "reboot-triple" {
+            "kiln: guest reset by a triple fault"
+        } else {
+            "kiln: guest requested a reset"
+        };
+        assert!(
+            r.stderr_text().contains(said),
+            "{name}: {}",
+            r.stderr_text()
+        );
     }
 
     let r = result.run("panic");

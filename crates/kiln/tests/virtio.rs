@@ -116,6 +116,11 @@ fn feature(line: &str, bit: usize) -> bool {
     bits.as_bytes()[bit] == b'1'
 }
 
+/// Whether Kiln ended `r` because its Linux guest triple-faulted.
+fn guest_reset(r: &RunResult) -> bool {
+    r.status == Some(2) && r.stderr_text().contains("guest reset by a triple fault")
+}
+
 fn field<'a>(r: &'a RunResult, out: &'a str, key: &str) -> &'a str {
     out.lines()
         .find_map(|l| l.trim_end().strip_prefix(&format!("{key}=")))
@@ -224,7 +229,7 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
     let debugfs = which("debugfs");
     let q = qemu_img.display().to_string();
     let d = debugfs.display().to_string();
-    let result = Batch::new(kiln)
+    let batch = Batch::new(kiln)
         .carry_program(&qemu_img)
         .carry_program(&debugfs)
         .run(
@@ -296,9 +301,20 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
         .run(
             sh("base-md5", "md5sum {file:base} | cut -d' ' -f1; rm -f /tmp/kiln-virtio-blk-*")
                 .file("base", base.as_path()),
-        )
+        );
+    let mut result = batch
         .execute(&host)
         .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
+    // The rig's known fault: under nested TCG a 2-vCPU guest doing this much I/O
+    // sometimes triple-faults mid-run, QEMU's guests as well as Kiln's (measured on
+    // 2026-12-06, README.md "The Linux test rig"). Run the batch once more then,
+    // saying so; a reset that comes back fails the test.
+    if host.is_rig() && guest_reset(result.run("raw-disks")) {
+        eprintln!("raw-disks: the guest reset mid-run (the rig's nested-TCG fault); running the batch again");
+        result = batch
+            .execute(&host)
+            .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
+    }
     let _ = std::fs::remove_file(&overlay);
     for r in &result.runs {
         eprintln!("{}: status {:?} in {:.1} s", r.name, r.status, r.seconds);

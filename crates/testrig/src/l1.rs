@@ -32,28 +32,43 @@ const TAIL_LINES: usize = 60;
 
 /// Words that start the error of a batch whose L1 wedged (see [`execute`]).
 const WEDGED: &str = "L1 wedged:";
-/// Words in the error of a batch whose L1 stopped (reset or powered off) early.
+/// Words in the error of a batch whose L1 stopped (reset, powered off or hung) early.
 const L1_STOPPED: &str = "L1 stopped before finishing the batch";
+/// Seconds past a run's timeout after which its missing status means L1 hung.
+const OVERDUE_SLACK_SECS: u64 = 90;
 
 /// Boot L1 with `qemu`, run the batch in it, and collect the results.
 ///
-/// Two faults of the rig itself (QEMU's TCG emulation of AMD-V, which a user's hardware
-/// KVM does not run) end a batch early, rarely: a run whose process SIGKILL cannot end
-/// because its vCPU thread spins inside L1's KVM (soft-lockup warnings; seen once in CI),
-/// and L1 resetting without a word in the middle of a run (seen once in 24 tries). A Kiln
-/// process cannot cause either without a bug in L1's kernel, so the whole batch is then
-/// repeated once in a fresh L1; what happened, with the stuck threads' kernel stacks or
-/// L1's console tail, is printed on stderr, and a second failure fails the batch.
+/// Faults of the rig itself (QEMU's TCG emulation of AMD-V, which a user's hardware KVM
+/// does not run) end a batch early now and then: a run whose process SIGKILL cannot end
+/// because its vCPU thread spins inside L1's KVM (soft-lockup warnings), L1 resetting or
+/// panicking in the middle of a run (its kernel's page-fault handler recursing during
+/// KVM_RUN), and L1 going silent with both its vCPUs idle. A Kiln process cannot cause
+/// any of these without a bug in L1's kernel or in QEMU, so the whole batch is then run
+/// again in a fresh L1, up to [`L1_ATTEMPTS`] boots in all; what happened (the stuck
+/// threads' kernel stacks, L1's console tail, QEMU's own log) is printed on stderr each
+/// time, and the last failure fails the batch.
 pub(crate) fn execute(batch: &Batch, qemu: &Path) -> Result<BatchResult> {
     let _one = ONE_L1.lock().unwrap_or_else(|e| e.into_inner());
-    match execute_once(batch, qemu) {
-        Err(e) if e.0.contains(WEDGED) || e.0.contains(L1_STOPPED) => {
-            eprintln!("rig: {e}\nrig: repeating the whole batch once in a fresh L1");
-            execute_once(batch, qemu)
+    let mut attempt = 1;
+    loop {
+        match execute_once(batch, qemu) {
+            Err(e)
+                if attempt < L1_ATTEMPTS && (e.0.contains(WEDGED) || e.0.contains(L1_STOPPED)) =>
+            {
+                eprintln!(
+                    "rig: {e}\nrig: L1 boot {attempt} of {L1_ATTEMPTS} failed; running the whole \
+                     batch again in a fresh L1"
+                );
+                attempt += 1;
+            }
+            other => return other,
         }
-        other => other,
     }
 }
+
+/// L1 boots a batch may take when the rig itself fails (see [`execute`]).
+const L1_ATTEMPTS: u32 = 3;
 
 /// One L1 boot for the batch.
 fn execute_once(batch: &Batch, qemu: &Path) -> Result<BatchResult> {
@@ -291,6 +306,8 @@ fn boot(
     deadline: Instant,
     batch: &Batch,
 ) -> Result<(String, Option<f64>, Option<String>)> {
+    let qemu_log = artifacts_dir().join("rig-last-qemu.log");
+    let _ = std::fs::remove_file(&qemu_log);
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-accel",
@@ -314,6 +331,15 @@ fn boot(
     .arg("-initrd")
     .arg(initrd)
     .args(["-append", "console=ttyS0 panic=1 quiet"])
+    // Why L1 stopped, in QEMU's words: CPU resets with the state before them (a triple
+    // fault of L1 says "Triple fault"), the cause of the shutdown request, and what the
+    // guest did that QEMU calls invalid or does not implement.
+    .args([
+        "-d",
+        "cpu_reset,guest_errors,unimp,trace:qemu_system_shutdown_request",
+        "-D",
+    ])
+    .arg(&qemu_log)
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -343,22 +369,32 @@ fn boot(
     let mut problem = None;
     // The console as it arrives, for watching a long batch (`tail -f`).
     let mut live = std::fs::File::create(artifacts_dir().join("rig-live-console.log")).ok();
+    // The run under way and when its status is overdue: L1's own watchdog reports a run
+    // within its timeout plus ~30 s, so silence well past that means L1 itself hung (seen
+    // in the rig: both L1 vCPUs idle, no timer firing) and waiting longer is pointless.
+    let mut overdue: Option<(usize, Instant)> = None;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let until = overdue.map_or(deadline, |(_, t)| t.min(deadline));
+        let left = until.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.max(Duration::from_millis(1))) {
             Ok(line) => {
                 let line = String::from_utf8_lossy(&line).replace('\r', "");
                 if let Some(f) = live.as_mut() {
                     let _ = std::io::Write::write_all(f, line.as_bytes());
                 }
-                if boot_seconds.is_none() && line.starts_with("KILN-RIG-BEGIN ") {
-                    boot_seconds = Some(started.elapsed().as_secs_f64());
+                if let Some(i) = line
+                    .trim()
+                    .strip_prefix("KILN-RIG-BEGIN ")
+                    .and_then(|i| i.parse::<usize>().ok())
+                {
+                    boot_seconds.get_or_insert(started.elapsed().as_secs_f64());
+                    let secs = batch.runs.get(i).map_or(0, |r| r.timeout_secs) + OVERDUE_SLACK_SECS;
+                    overdue = Some((i, Instant::now() + Duration::from_secs(secs)));
                 }
-                if let Some(p) = &batch.progress {
-                    if let Some((i, status, secs)) = status_line(&line) {
-                        if let Some(spec) = batch.runs.get(i) {
-                            (p.0)(&spec.name, status, secs);
-                        }
+                if let Some((i, status, secs)) = status_line(&line) {
+                    overdue = None;
+                    if let (Some(p), Some(spec)) = (&batch.progress, batch.runs.get(i)) {
+                        (p.0)(&spec.name, status, secs);
                     }
                 }
                 console.push_str(&line);
@@ -366,23 +402,72 @@ fn boot(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                problem = Some(format!(
-                    "batch timed out after {:.0} s; killed QEMU",
-                    started.elapsed().as_secs_f64()
-                ));
+                problem = Some(match overdue {
+                    Some((i, t)) if t <= Instant::now() => format!(
+                        "{L1_STOPPED}: L1 went silent, run {:?} had no status {} s after it \
+                         began (its timeout: {} s); killed QEMU",
+                        batch.runs[i].name,
+                        batch.runs[i].timeout_secs + OVERDUE_SLACK_SECS,
+                        batch.runs[i].timeout_secs
+                    ),
+                    _ => format!(
+                        "batch timed out after {:.0} s; killed QEMU",
+                        started.elapsed().as_secs_f64()
+                    ),
+                });
                 break;
             }
         }
     }
     let status = child.wait().ctx(|| "waiting for QEMU".to_string())?;
     let qemu_stderr = errs.join().unwrap_or_default();
+    if let Some(p) = problem.as_mut().filter(|p| p.starts_with(L1_STOPPED)) {
+        p.push_str(&format!(
+            "\n--- what QEMU logged (all of it: {}) ---\n{}",
+            qemu_log.display(),
+            qemu_log_summary(&std::fs::read_to_string(&qemu_log).unwrap_or_default())
+        ));
+    }
     if problem.is_none() && !console.contains("KILN-RIG-DONE") {
         problem = Some(format!(
-            "{L1_STOPPED} (QEMU {status}; QEMU stderr: {})",
-            qemu_stderr.trim()
+            "{L1_STOPPED} (QEMU {status}; QEMU stderr: {})\n--- what QEMU logged (all of it: {}) ---\n{}",
+            qemu_stderr.trim(),
+            qemu_log.display(),
+            qemu_log_summary(&std::fs::read_to_string(&qemu_log).unwrap_or_default())
         ));
     }
     Ok((console, boot_seconds, problem))
+}
+
+/// QEMU's `-d` log without its register dumps: the CPU resets, a triple fault, the
+/// guest's errors, and the shutdown request with its cause spelled out.
+fn qemu_log_summary(log: &str) -> String {
+    let is_dump = |l: &str| {
+        l.split_once('=').is_some_and(|(name, _)| {
+            let name = name.trim();
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        })
+    };
+    let kept: Vec<String> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !is_dump(l))
+        .map(|l| {
+            let cause = l
+                .strip_prefix("qemu_system_shutdown_request reason=")
+                .and_then(|r| r.trim().parse::<u32>().ok())
+                .map(|r| match r {
+                    6 => " (the guest powered off)",
+                    7 => " (the guest reset: a reboot or a triple fault)",
+                    8 => " (the guest panicked)",
+                    _ => "",
+                });
+            format!("{l}{}", cause.unwrap_or(""))
+        })
+        .collect();
+    tail(&kept.join("\n"), 20)
 }
 
 /// A `KILN-RIG-STATUS` line as (run index, status, seconds); status `None` when the
@@ -581,6 +666,17 @@ mod tests {
             .unwrap_err()
             .0
             .contains("\"b\" never started"));
+    }
+
+    #[test]
+    fn summarises_the_qemu_log() {
+        let log = "CPU Reset (CPU 0)\nCR0=00000000 CR2=00000000\nES =0000 00000000 0000ffff 00009300\n\
+            XMM00=0000000000000000 0000000000000000\nTriple fault\nqemu_system_shutdown_request reason=7\n";
+        assert_eq!(
+            qemu_log_summary(log),
+            "CPU Reset (CPU 0)\nTriple fault\n\
+             qemu_system_shutdown_request reason=7 (the guest reset: a reboot or a triple fault)"
+        );
     }
 
     #[test]

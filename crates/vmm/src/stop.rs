@@ -4,7 +4,8 @@
 //! |--------|----------------------------------------------------------------|
 //! | 0      | clean halt (raw guests), guest poweroff, Ctrl-A x              |
 //! | 1      | Kiln error: bad input, unusable /dev/kvm (nothing ran)          |
-//! | 2      | the guest reset (i8042, ACPI reset, KVM reset event)           |
+//! | 2      | the guest reset (i8042, ACPI reset, KVM reset event, a Linux or |
+//! |        | firmware guest's triple fault)                                 |
 //! | 4      | the guest panicked                                             |
 //! | 6      | triple fault, KVM internal or emulation error, unexpected exit |
 //! | odd N  | the guest wrote V to the debug-exit port 0xf4: N = (V << 1) \| 1 |
@@ -22,6 +23,9 @@ pub enum StopReason {
     Poweroff,
     /// The guest asked for a reset.
     Reset,
+    /// A guest that resets by triple-faulting (Linux, firmware) did so: a reset, but
+    /// also what a guest crashing hard looks like, so it is told apart.
+    TripleFaultReset,
     /// The guest panicked.
     Panic,
     /// A triple fault (KVM_EXIT_SHUTDOWN).
@@ -41,7 +45,7 @@ impl StopReason {
     pub fn exit_status(&self) -> u8 {
         match self {
             StopReason::Halted | StopReason::Poweroff | StopReason::UserQuit => 0,
-            StopReason::Reset => 2,
+            StopReason::Reset | StopReason::TripleFaultReset => 2,
             StopReason::Panic => 4,
             StopReason::TripleFault | StopReason::Internal(_) => 6,
             StopReason::DebugExit(code) => *code,
@@ -63,6 +67,9 @@ impl StopReason {
                 }
             )),
             StopReason::Reset => Some("guest requested a reset".into()),
+            StopReason::TripleFaultReset => {
+                Some("guest reset by a triple fault (KVM shutdown exit)".into())
+            }
             StopReason::Panic => Some("guest panicked".into()),
             _ => None,
         }
@@ -112,6 +119,7 @@ mod tests {
     fn statuses_follow_the_table() {
         assert_eq!(StopReason::Halted.exit_status(), 0);
         assert_eq!(StopReason::Reset.exit_status(), 2);
+        assert_eq!(StopReason::TripleFaultReset.exit_status(), 2);
         assert_eq!(StopReason::Panic.exit_status(), 4);
         assert_eq!(StopReason::TripleFault.exit_status(), 6);
         assert_eq!(StopReason::DebugExit(0x21).exit_status(), 0x21);

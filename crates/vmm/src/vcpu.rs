@@ -443,7 +443,7 @@ fn handle_exit(shared: &VmShared, exit: VcpuExit<'_>, stats: &mut ExitStats) -> 
         VcpuExit::Shutdown => {
             stats.count("shutdown");
             if shared.triple_fault_resets {
-                Flow::Stop(StopReason::Reset, false)
+                Flow::Stop(StopReason::TripleFaultReset, false)
             } else {
                 Flow::Stop(StopReason::TripleFault, true)
             }
