@@ -17,6 +17,12 @@ pub struct RawFile {
     /// signature (QEMU's rule; the next probe would otherwise trust guest-written
     /// metadata, e.g. a backing file name pointing at a host file).
     probed: bool,
+    /// The last region `extent` found with `lseek`, whole: (start, end, kind). On some
+    /// file systems (tmpfs) SEEK_HOLE walks the page cache up to the hole, so a walk over
+    /// a large data region chunk by chunk would rescan it every time (QEMU keeps the same
+    /// cache for the same reason). Writes only turn holes into data, so they drop a cached
+    /// hole; zeroing, discarding and resizing drop either.
+    extent_cache: Option<(u64, u64, Extent)>,
 }
 
 /// Signatures at offset 0 that make a probe pick a format other than raw.
@@ -45,6 +51,7 @@ impl RawFile {
             size,
             read_only,
             probed: false,
+            extent_cache: None,
         })
     }
 
@@ -128,6 +135,7 @@ impl RawFile {
             .set_len(size)
             .map_err(|e| Error::io("set length", e))?;
         self.size = size;
+        self.extent_cache = None;
         Ok(())
     }
 
@@ -171,6 +179,9 @@ impl BlockDevice for RawFile {
         self.check_writable()?;
         check_range(offset, buf.len() as u64, self.size)?;
         self.check_signature(buf, offset)?;
+        if matches!(self.extent_cache, Some((_, _, Extent::Zero))) {
+            self.extent_cache = None;
+        }
         write_full(&self.file, buf, offset)
     }
 
@@ -188,24 +199,32 @@ impl BlockDevice for RawFile {
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         check_range(offset, len, self.size)?;
+        self.extent_cache = None;
         zero_range(&self.file, offset, len)
     }
 
     fn extent(&mut self, offset: u64, len: u64) -> Result<(Extent, u64)> {
         check_range(offset, len, self.size)?;
         let end = offset + len;
-        match self.seek(offset, libc::SEEK_DATA) {
-            // Inside a hole: it lasts until the next data (or the end of the file).
-            Some(data) if data > offset => Ok((Extent::Zero, data.min(end) - offset)),
-            Some(_) => {
-                let hole = self.seek(offset, libc::SEEK_HOLE).unwrap_or(end);
-                Ok((Extent::Data, hole.clamp(offset + 1, end) - offset))
+        if let Some((start, stop, kind)) = self.extent_cache {
+            if (start..stop).contains(&offset) {
+                return Ok((kind, stop.min(end) - offset));
             }
+        }
+        let (kind, stop) = match self.seek(offset, libc::SEEK_DATA) {
+            // Inside a hole: it lasts until the next data (or the end of the file).
+            Some(data) if data > offset => (Extent::Zero, data),
+            Some(_) => match self.seek(offset, libc::SEEK_HOLE) {
+                Some(hole) => (Extent::Data, hole.max(offset + 1)),
+                None => return Ok((Extent::Data, len)),
+            },
             // ENXIO: no data after offset at all.
             None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => {
-                Ok((Extent::Zero, len))
+                (Extent::Zero, self.size)
             }
-            None => Ok((Extent::Data, len)),
-        }
+            None => return Ok((Extent::Data, len)),
+        };
+        self.extent_cache = Some((offset, stop, kind));
+        Ok((kind, stop.min(end) - offset))
     }
 }

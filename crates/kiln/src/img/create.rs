@@ -4,7 +4,7 @@
 use super::{open_image, parse_format, parse_size};
 use kiln_block::qcow2::{self, Compression, CreateOptions, Prealloc};
 use kiln_block::raw::RawFile;
-use kiln_block::{BlockDevice, Extent, Format, OpenOptions};
+use kiln_block::{Extent, Format, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
@@ -203,7 +203,13 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
                     let mut buf = empty_rx.recv().map_err(|_| "convert stopped".to_string())?;
                     src.read_at(&mut buf[..n as usize], off)
                         .map_err(|e| e.to_string())?;
-                    Some(buf)
+                    // The zero test here, not in the writer: writing is the slower half.
+                    let mut runs = Vec::new();
+                    for_data_runs(&buf[..n as usize], ZERO_GRAIN, |r| {
+                        runs.push(r);
+                        Ok(())
+                    })?;
+                    Some((buf, runs))
                 };
                 Ok(Chunk { off, len: n, data })
             })();
@@ -223,8 +229,11 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
             let c = full_rx
                 .recv()
                 .map_err(|_| "the reader stopped".to_string())??;
-            if let Some(buf) = c.data {
-                write_nonzero(dst.as_mut(), &buf[..c.len as usize], c.off)?;
+            if let Some((buf, runs)) = c.data {
+                for r in runs {
+                    dst.write_at(&buf[r.clone()], c.off + r.start as u64)
+                        .map_err(|e| e.to_string())?;
+                }
                 let _ = empty_tx.send(buf);
             }
             done = c.off + c.len;
@@ -279,11 +288,12 @@ impl Progress {
 /// Chunks read ahead of the writer.
 const PIPELINE: usize = 2;
 
-/// One chunk of the source: where, how long, and its bytes (None: reads as zeros).
+/// One chunk of the source: where, how long, and its bytes with the ranges of them that
+/// hold data (None: it all reads as zeros).
 struct Chunk {
     off: u64,
     len: u64,
-    data: Option<Vec<u8>>,
+    data: Option<(Vec<u8>, Vec<std::ops::Range<usize>>)>,
 }
 
 /// Whether `b` is all zeros: 64-byte blocks OR-folded (the compiler vectorizes the fold),
@@ -318,12 +328,4 @@ pub(super) fn for_data_runs(
         f(start..i.min(b.len()))?;
     }
     Ok(())
-}
-
-/// Write the non-zero runs of `b` (at `ZERO_GRAIN` granularity) to `dst` at `off`.
-fn write_nonzero(dst: &mut dyn BlockDevice, b: &[u8], off: u64) -> Result<(), String> {
-    for_data_runs(b, ZERO_GRAIN, |r| {
-        dst.write_at(&b[r.clone()], off + r.start as u64)
-            .map_err(|e| e.to_string())
-    })
 }
