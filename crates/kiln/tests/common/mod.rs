@@ -2,6 +2,8 @@
 //! machine's real /dev/kvm, with a deadline, and look at what it printed.
 #![allow(dead_code)]
 
+pub mod virtio_guest;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
