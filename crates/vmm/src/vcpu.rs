@@ -158,6 +158,15 @@ pub struct Vcpu {
     fd: VcpuFd,
 }
 
+/// Set the TSC-deadline timer bit (CPUID.01H:ECX[24]) in `cpuid`.
+pub fn advertise_tsc_deadline(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            e.ecx |= 1 << 24;
+        }
+    }
+}
+
 /// Set one vCPU's CPUID: KVM's supported leaves, with this vCPU's APIC ID, the vCPU
 /// count as logical processors of one package, and the hypervisor bit.
 pub fn vcpu_cpuid(supported: &CpuId, id: usize, count: usize) -> CpuId {

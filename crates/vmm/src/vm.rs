@@ -89,7 +89,7 @@ impl Vm {
         let path = kvm::kvm_path(config.kvm_path.as_deref());
         let kvm = kvm::open(&path)?;
         let layout = MemoryLayout::new(config.memory);
-        let supported = kvm
+        let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let (memory, ram) = create_guest_memory(&layout, phys_bits(&supported))?;
@@ -101,6 +101,13 @@ impl Vm {
         };
         let bios = firmware.map(|f| BiosRom::load(&f.bios)).transpose()?;
         let irqchip = boot.kind != EntryKind::Raw;
+        // The in-kernel LAPIC emulates the TSC-deadline timer, but KVM leaves its CPUID
+        // bit for the VMM to set (as QEMU, Firecracker and Cloud Hypervisor do). Without
+        // it Linux calibrates its LAPIC timer by counting PIT ticks, spinning until they
+        // come: slower, and a boot that hangs if they do not.
+        if irqchip && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            crate::vcpu::advertise_tsc_deadline(&mut supported);
+        }
         if config.vcpus == 0 || (!linux && firmware.is_none() && config.vcpus != 1) {
             return Err(VmmError::Config(if config.vcpus == 0 {
                 "a VM needs at least one vCPU".into()
