@@ -125,10 +125,7 @@ fn extended_l2_images_without_backing_and_kiln_created() {
             .unwrap();
         } else {
             let o = format!("extended_l2=on,cluster_size={cs}");
-            qemu(
-                "qemu-img",
-                &["create", "-f", "qcow2", "-o", &o, s(&img), "6M"],
-            );
+            qemu_create(&img, &o, "6M");
         }
         let mut shadow = vec![0u8; size as usize];
         let mut dev = open(&img, false);

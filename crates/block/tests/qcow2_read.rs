@@ -280,18 +280,7 @@ fn a_named_raw_backing_format_is_never_probed() {
 fn images_with_internal_snapshots_read_the_active_layer_and_check_clean() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("snap.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4k",
-            s(&img),
-            "2M",
-        ],
-    );
+    qemu_create(&img, "cluster_size=4k", "2M");
     qemu("qemu-io", &["-c", "write -P 0x01 0 300k", s(&img)]);
     qemu("qemu-img", &["snapshot", "-c", "one", s(&img)]);
     qemu(
@@ -339,18 +328,7 @@ fn images_with_internal_snapshots_read_the_active_layer_and_check_clean() {
 fn damaged_images_give_errors_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=512",
-            s(&good),
-            "256k",
-        ],
-    );
+    qemu_create(&good, "cluster_size=512", "256k");
     qemu(
         "qemu-io",
         &[
@@ -399,10 +377,7 @@ fn qemu_images_with_every_create_option_read_back_identical() {
     ] {
         let img = dir.path().join("t.qcow2");
         let _ = std::fs::remove_file(&img);
-        qemu(
-            "qemu-img",
-            &["create", "-q", "-f", "qcow2", "-o", opts, s(&img), "3M"],
-        );
+        qemu_create(&img, opts, "3M");
         qemu(
             "qemu-io",
             &[
@@ -434,19 +409,7 @@ fn a_small_or_large_l2_cache_changes_nothing_but_speed() {
     let dir = tempfile::tempdir().unwrap();
     for (cache, cs) in [(0u64, "512"), (1 << 20, "4k"), (64 << 20, "64k")] {
         let img = dir.path().join(format!("c{cache}.qcow2"));
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &format!("cluster_size={cs}"),
-                s(&img),
-                "8M",
-            ],
-        );
+        qemu_create(&img, &format!("cluster_size={cs}"), "8M");
         let mut dev = open(&img, false);
         let mut want = vec![0u8; 8 << 20];
         let mut rng = Rng(cache + 7);

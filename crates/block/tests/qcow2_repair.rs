@@ -10,7 +10,7 @@ use kiln_block::qcow2::Qcow2;
 use kiln_block::BlockDevice;
 use std::path::Path;
 use std::process::Command;
-use support::{open, qemu, qemu_check, qemu_raw, read_all, s};
+use support::{open, qemu, qemu_check, qemu_create, qemu_raw, read_all, s};
 
 fn dirty(path: &Path) -> bool {
     let f = std::fs::read(path).unwrap();
@@ -20,19 +20,7 @@ fn dirty(path: &Path) -> bool {
 /// qemu-io writes with lazy refcounts, then kills itself before refcounts are written.
 fn qemu_dirty_image(dir: &Path) -> std::path::PathBuf {
     let img = dir.join("lazy.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "lazy_refcounts=on",
-            s(&img),
-            "8M",
-        ],
-    );
+    qemu_create(&img, "lazy_refcounts=on", "8M");
     let st = Command::new("qemu-io")
         .args([
             "-c",
@@ -113,19 +101,7 @@ fn poke_refcount(path: &Path, c: usize, v: u16) {
 fn hand_made_dirty_image_with_bad_refcounts_is_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("h.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "lazy_refcounts=on",
-            s(&img),
-            "8M",
-        ],
-    );
+    qemu_create(&img, "lazy_refcounts=on", "8M");
     qemu("qemu-io", &["-c", "write -P 0x11 0 256k", s(&img)]);
     // Leaks past the data (the file grows to hold them) and a lost refcount.
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
@@ -151,19 +127,7 @@ fn hand_made_dirty_image_with_bad_refcounts_is_repaired() {
 fn kiln_marks_lazy_refcount_images_dirty_while_writing_and_clean_on_close() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("k.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "lazy_refcounts=on",
-            s(&img),
-            "8M",
-        ],
-    );
+    qemu_create(&img, "lazy_refcounts=on", "8M");
     let mut q = Qcow2::open(&img, false).unwrap();
     assert!(!dirty(&img), "opening alone changes nothing");
     q.write_at(&[7u8; 70000], 1000).unwrap();
@@ -223,19 +187,7 @@ fn repair_creates_missing_refcount_blocks_away_from_referenced_clusters() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("m.qcow2");
     // 512-byte clusters, 16-bit refcounts: a refcount block covers 256 clusters.
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=512",
-            s(&img),
-            "8M",
-        ],
-    );
+    qemu_create(&img, "cluster_size=512", "8M");
     qemu("qemu-io", &["-c", "write -P 0x44 0 400k", s(&img)]);
     assert_eq!(qemu_check(&img), 0);
     // Lose the refcount table's second entry (clusters 256..511, all referenced data).

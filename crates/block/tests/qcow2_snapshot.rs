@@ -78,18 +78,7 @@ fn snapshots_made_by_qemu_img_list_read_and_apply_like_qemu_img() {
     let d = dir.path();
     for (cs, compat) in [("64k", "1.1"), ("4k", "0.10"), ("512", "1.1")] {
         let img = d.join("q.qcow2");
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-f",
-                "qcow2",
-                "-o",
-                &format!("cluster_size={cs},compat={compat}"),
-                s(&img),
-                "3M",
-            ],
-        );
+        qemu_create(&img, &format!("cluster_size={cs},compat={compat}"), "3M");
         qemu("qemu-io", &["-c", "write -P 0x11 0 700k", s(&img)]);
         qemu("qemu-img", &["snapshot", "-c", "one", s(&img)]);
         qemu(
@@ -487,18 +476,7 @@ fn empty_and_extended_l2_images_take_snapshots() {
     assert_eq!(qemu_tags(&img), ["a"]);
 
     let img = d.join("ext.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            s(&img),
-            "4M",
-        ],
-    );
+    qemu_create(&img, "extended_l2=on", "4M");
     qemu(
         "qemu-io",
         &[

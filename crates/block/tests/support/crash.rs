@@ -10,7 +10,7 @@
 //! same file, in order with the writes and syncs.
 #![allow(dead_code)]
 
-use crate::support::{qemu, Rng};
+use crate::support::{qemu, qemu_create, Rng};
 use kiln_block::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -196,19 +196,7 @@ pub fn make_image(dir: &Path, cfg: &Config, name: &str) -> (PathBuf, Vec<u8>) {
             ],
         );
     } else {
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &opts,
-                img.to_str().unwrap(),
-                &size,
-            ],
-        );
+        qemu_create(&img, &opts, &size);
     }
     (img, base)
 }

@@ -37,6 +37,14 @@ pub fn run_qemu(tool: &str, args: &[&str]) -> std::process::Output {
     }
 }
 
+/// `qemu-img create -f qcow2 -o OPTS IMG SIZE`: a fresh qcow2 image made by QEMU.
+pub fn qemu_create(img: &Path, opts: &str, size: &str) {
+    qemu(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-o", opts, s(img), size],
+    );
+}
+
 /// `qemu-img check` exit status.
 pub fn qemu_check(path: &Path) -> i32 {
     let out = run_qemu("qemu-img", &["check", path.to_str().unwrap()]);
