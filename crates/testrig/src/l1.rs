@@ -421,17 +421,15 @@ fn boot(
     }
     let status = child.wait().ctx(|| "waiting for QEMU".to_string())?;
     let qemu_stderr = errs.join().unwrap_or_default();
+    if problem.is_none() && !console.contains("KILN-RIG-DONE") {
+        problem = Some(format!(
+            "{L1_STOPPED} (QEMU {status}; QEMU stderr: {})",
+            qemu_stderr.trim()
+        ));
+    }
     if let Some(p) = problem.as_mut().filter(|p| p.starts_with(L1_STOPPED)) {
         p.push_str(&format!(
             "\n--- what QEMU logged (all of it: {}) ---\n{}",
-            qemu_log.display(),
-            qemu_log_summary(&std::fs::read_to_string(&qemu_log).unwrap_or_default())
-        ));
-    }
-    if problem.is_none() && !console.contains("KILN-RIG-DONE") {
-        problem = Some(format!(
-            "{L1_STOPPED} (QEMU {status}; QEMU stderr: {})\n--- what QEMU logged (all of it: {}) ---\n{}",
-            qemu_stderr.trim(),
             qemu_log.display(),
             qemu_log_summary(&std::fs::read_to_string(&qemu_log).unwrap_or_default())
         ));
