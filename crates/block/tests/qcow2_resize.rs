@@ -195,14 +195,26 @@ fn growing_an_overlay_hides_the_longer_backing_file() {
 }
 
 #[test]
-fn snapshots_block_shrinking() {
+fn shrinking_keeps_the_snapshots_clusters() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("a.qcow2");
     create(&img, 4 << 20, 65536, None);
+    qemu("qemu-io", &["-c", "write -P 7 0 4M", s(&img)]);
     qemu("qemu-img", &["snapshot", "-c", "s1", s(&img)]);
     let mut q = retry(|| Qcow2::open(&img, false));
-    assert!(q.resize(1 << 20, true).is_err());
-    assert_eq!(q.size(), 4 << 20);
+    // Mid-cluster: the tail of the last cluster is zeroed in a private copy of it.
+    q.resize((1 << 20) + 512, true).unwrap();
+    assert_eq!(q.size(), (1 << 20) + 512);
+    drop(q);
+    kiln_check_clean(&img, "shrunk with a snapshot");
+    let got = read_all(ropen(&img, true).as_mut());
+    assert!(got.iter().all(|&b| b == 7));
+    // The snapshot still holds all of its 4 MiB.
+    qemu("qemu-img", &["snapshot", "-a", "s1", s(&img)]);
+    kiln_check_clean(&img, "snapshot applied");
+    let got = read_all(ropen(&img, true).as_mut());
+    assert_eq!(got.len(), 4 << 20);
+    assert!(got.iter().all(|&b| b == 7));
 }
 
 #[test]

@@ -360,8 +360,31 @@ fn resize_matches_qemu_img_resize() {
     k(d, &["img", "resize", "base.qcow2", "-2G"]).expect_error("positive");
     k(d, &["img", "resize", "base.qcow2", "+1000"]).expect_error("multiple of 512");
     k(d, &["img", "resize", "missing.qcow2", "1M"]).expect_error("missing.qcow2");
-    qok(d, "qemu-img", &["snapshot", "-c", "s1", "base.qcow2"]);
-    k(d, &["img", "resize", "--shrink", "base.qcow2", "64k"]).expect_error("snapshots");
+    // A v3 image with a snapshot shrinks (the snapshot keeps its size and data), as
+    // with qemu-img; applying the snapshot brings both back.
+    for dir in [d, qd.as_path()] {
+        qok(dir, "qemu-img", &["snapshot", "-c", "s1", "base.qcow2"]);
+    }
+    k(d, &["img", "resize", "--shrink", "base.qcow2", "64k"]).expect_code(0);
+    qok(
+        &qd,
+        "qemu-img",
+        &["resize", "--shrink", "base.qcow2", "64k"],
+    );
+    let other = qd.join("base.qcow2");
+    for step in ["shrunk", "snapshot applied"] {
+        check_clean(d, "base.qcow2");
+        assert_eq!(
+            virtual_size(d, "base.qcow2"),
+            virtual_size(&qd, "base.qcow2")
+        );
+        same(d, "base.qcow2", other.to_str().unwrap());
+        if step == "shrunk" {
+            k(d, &["img", "snapshot", "-a", "s1", "base.qcow2"]).expect_code(0);
+            qok(&qd, "qemu-img", &["snapshot", "-a", "s1", "base.qcow2"]);
+        }
+    }
+    assert_eq!(virtual_size(d, "base.qcow2"), 512 * 1024);
 }
 
 /// Copy `files` from `d` into a new subdirectory `name`.
@@ -374,22 +397,64 @@ fn clone_into(d: &Path, name: &str, files: &[&str]) -> std::path::PathBuf {
     sub
 }
 
+/// QEMU tool runs (tool, arguments) that prepare a case.
+type Prep<'a> = &'a [(&'a str, &'a [&'a str])];
+
 #[test]
 fn commit_matches_qemu_img_commit() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fixtures(d);
     let files = ["base.qcow2", "mid.qcow2", "top.qcow2"];
-    // Plain commit (overlay emptied), -d, and -b into the bottom of the chain.
-    let cases: &[&[&str]] = &[
-        &["top.qcow2"],
-        &["-d", "top.qcow2"],
-        &["-b", "base.qcow2", "top.qcow2"],
+    // The top image with an internal snapshot (its L2 tables shared with it), and a top
+    // image with extended L2 entries (subclusters), each made the same way in both copies.
+    let snapshot: Prep = &[("qemu-img", &["snapshot", "-c", "s1", "top.qcow2"])];
+    let extended: Prep = &[
+        (
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "extended_l2=on",
+                "-b",
+                "mid.qcow2",
+                "-F",
+                "qcow2",
+                "top.qcow2",
+            ],
+        ),
+        (
+            "qemu-io",
+            &[
+                "-c",
+                "write -P 7 3k 5k",
+                "-c",
+                "write -z 256k 64k",
+                "-c",
+                "write -P 9 520k 2k",
+                "top.qcow2",
+            ],
+        ),
     ];
-    for (i, c) in cases.iter().enumerate() {
+    // Plain commit (overlay emptied), -d, -b into the bottom of the chain, then plain
+    // commits of the two variants.
+    let cases: &[(&[&str], Prep)] = &[
+        (&["top.qcow2"], &[]),
+        (&["-d", "top.qcow2"], &[]),
+        (&["-b", "base.qcow2", "top.qcow2"], &[]),
+        (&["top.qcow2"], snapshot),
+        (&["top.qcow2"], extended),
+    ];
+    for (i, (c, prep)) in cases.iter().enumerate() {
         let kd = clone_into(d, &format!("k{i}"), &files);
         let qd = clone_into(d, &format!("q{i}"), &files);
-        let before = clone_into(d, &format!("b{i}"), &files);
+        for (tool, args) in prep.iter() {
+            qok(&kd, tool, args);
+            qok(&qd, tool, args);
+        }
+        let before = clone_into(&kd, &format!("b{i}"), &files);
         let mut ka = vec!["img", "commit"];
         ka.extend_from_slice(c);
         let got = k(&kd, &ka);
@@ -407,9 +472,17 @@ fn commit_matches_qemu_img_commit() {
         // The top image's view never changes.
         let other = before.join("top.qcow2");
         same(&kd, "top.qcow2", other.to_str().unwrap());
-        if i == 0 {
+        if c.len() == 1 {
             let m = k(&kd, &["img", "map", "--output", "json", "top.qcow2"]);
             assert!(!m.stdout.contains("\"depth\": 0"), "emptied: {}", m.stdout);
+        }
+        if !prep.is_empty() && prep[0].1[0] == "snapshot" {
+            // The snapshot kept its own clusters: applied, it shows what it showed.
+            k(&kd, &["img", "snapshot", "-a", "s1", "top.qcow2"]).expect_code(0);
+            check_clean(&kd, "top.qcow2");
+            same(&kd, "top.qcow2", other.to_str().unwrap());
+            let m = k(&kd, &["img", "map", "--output", "json", "top.qcow2"]);
+            assert!(m.stdout.contains("\"depth\": 0"), "snapshot: {}", m.stdout);
         }
     }
     k(d, &["img", "commit", "base.qcow2"]).expect_error("does not have a backing file");

@@ -73,6 +73,14 @@ impl<T> Cache<T> {
         self.order.retain(|k| dirty.contains_key(k));
     }
 
+    /// Forget the table at `off` (its cluster was freed), dirty or not.
+    pub(crate) fn remove(&mut self, off: u64) {
+        if self.map.remove(&off).is_some() {
+            self.order.retain(|&k| k != off);
+        }
+        self.dirty.remove(&off);
+    }
+
     /// The most tables kept before clean ones are evicted.
     pub(crate) fn capacity(&self) -> usize {
         self.capacity

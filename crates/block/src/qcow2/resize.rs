@@ -8,7 +8,8 @@
 //! Shrinking (only when asked to): the tail of a partial last cluster is zeroed, the
 //! clusters past the new end are unmapped (references dropped before refcounts), then the
 //! header gets the new size. The L1 table keeps its size (its tail is all zeros then);
-//! free clusters at the end of the file are cut off.
+//! free clusters at the end of the file are cut off. Internal snapshots keep their own
+//! size and clusters (tables they share are copied before they change), as in QEMU.
 
 use super::header::size_to_l1;
 use super::{Qcow2, L1_OFFSET_MASK};
@@ -115,11 +116,6 @@ impl Qcow2 {
     }
 
     fn shrink(&mut self, size: u64) -> Result<()> {
-        if self.h.nb_snapshots > 0 {
-            return Err(Error::Unsupported(
-                "shrinking qcow2 images with internal snapshots is not supported".into(),
-            ));
-        }
         let cs = self.cluster_size;
         let first = size.div_ceil(cs);
         let end = self.h.size.div_ceil(cs);

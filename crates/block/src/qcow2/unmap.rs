@@ -16,18 +16,6 @@ impl Qcow2 {
                 "image is marked corrupt; writes are refused".into(),
             ));
         }
-        if self.h.nb_snapshots > 0 {
-            return Err(Error::Unsupported(
-                "unmapping clusters of qcow2 images with internal snapshots is not supported"
-                    .into(),
-            ));
-        }
-        if self.h.extended_l2() {
-            return Err(Error::Unsupported(
-                "unmapping clusters of qcow2 images with extended L2 entries is not supported yet"
-                    .into(),
-            ));
-        }
         Ok(())
     }
 
@@ -61,6 +49,8 @@ impl Qcow2 {
         self.zcache = None;
         let cs = self.cluster_size;
         let l2e = self.h.l2_entries();
+        // Words per L2 entry: extended L2 entries carry a subcluster bitmap word.
+        let stride = if self.h.extended_l2() { 2 } else { 1 };
         let mut frees = Vec::new();
         let mut cleared_l1 = Vec::new();
         let last_i1 = ((end - 1) / l2e).min(self.l1.len().saturating_sub(1) as u64);
@@ -70,24 +60,31 @@ impl Qcow2 {
                 continue;
             }
             let base = i1 * l2e;
-            let lo = first.max(base) - base;
-            let hi = end.min(base + l2e) - base;
-            let mut table = self.l2_table(l2off)?.clone();
-            for j in lo..hi {
-                let e = table[j as usize];
-                self.entry_clusters(e, &mut frees);
-                table[j as usize] = 0;
-            }
-            if lo == 0 && hi == l2e {
+            let lo = (first.max(base) - base) as usize;
+            let hi = (end.min(base + l2e) - base) as usize;
+            if lo == 0 && hi == l2e as usize {
+                // The whole table goes: the L1 entry is cleared and the table loses this
+                // L1's reference, as does every cluster it points to. A table shared with
+                // a snapshot stays as it is for the snapshot (its refcount stays >= 1).
+                let table = self.l2_table(l2off)?.clone();
+                for j in 0..hi {
+                    self.entry_clusters(table[j * stride], &mut frees);
+                }
                 cleared_l1.push(i1 as usize);
                 frees.push(l2off / cs);
-            } else {
-                let bytes: Vec<u8> = table[lo as usize..hi as usize]
-                    .iter()
-                    .flat_map(|e| e.to_be_bytes())
-                    .collect();
-                write_meta(&self.file, &bytes, l2off + lo * 8)?;
+                continue;
             }
+            // Part of the table: a table shared with a snapshot is copied first (the
+            // copy is on disk and in the L1 before this returns).
+            let l2off = self.own_l2(i1 as usize)?;
+            let mut table = self.l2_table(l2off)?.clone();
+            for j in lo..hi {
+                self.entry_clusters(table[j * stride], &mut frees);
+                table[j * stride..(j + 1) * stride].fill(0);
+            }
+            let words = &table[lo * stride..hi * stride];
+            let bytes: Vec<u8> = words.iter().flat_map(|e| e.to_be_bytes()).collect();
+            write_meta(&self.file, &bytes, l2off + (lo * stride * 8) as u64)?;
             *self.l2_table(l2off)? = table;
         }
         for &i1 in &cleared_l1 {
@@ -111,6 +108,7 @@ impl Qcow2 {
             self.update_refcount(c, -1, &[])?;
             if self.refcount(c)? == 0 {
                 self.meta.remove(&c);
+                self.l2_cache.remove(c * cs);
                 punch_hole(&self.file, c * cs, cs)?;
             }
         }
