@@ -49,15 +49,35 @@ fn img_check_r_repairs_leaks_and_corruptions_like_qemu_img() {
     let r = run(&["img", "check", "-r", "all", &img]);
     r.expect_code(0);
     assert!(!r.stdout.contains("repaired"), "{}", r.stdout);
-    // A corruption (a data cluster's refcount lost): `leaks` leaves it (exit 2), `all`
-    // repairs it.
+    // A corruption (a data cluster's refcount lost) and a leak: `leaks` cannot fix a
+    // refcount of 0 without rebuilding the refcounts, so, like qemu-img, the check fails
+    // (exit 1) and changes nothing, not even the leak; `all` repairs both.
     poke_refcount(&img, 4, 0);
+    poke_refcount(&img, 10, 1);
     assert_eq!(qemu_img(&["check", &img]), 2);
-    run(&["img", "check", "-r", "leaks", &img]).expect_code(2);
+    let copy = s.dir.path().join("q.qcow2").to_str().unwrap().to_string();
+    std::fs::copy(&img, &copy).unwrap();
+    assert_eq!(qemu_img(&["check", "-r", "leaks", &copy]), 1);
+    let before = std::fs::read(&img).unwrap();
+    let r = run(&["img", "check", "-r", "leaks", &img]);
+    r.expect_code(1);
+    assert!(
+        r.stderr
+            .contains("ERROR need to rebuild refcount structures"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("Check failed"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "-r leaks changed the image"
+    );
     let r = run(&["img", "check", "-r", "all", &img]);
     r.expect_code(0);
     assert!(
-        r.stdout.contains("corruptions\n\nDouble checking"),
+        r.stdout
+            .contains("1 leaked clusters\n    1 corruptions\n\nDouble checking"),
         "{}",
         r.stdout
     );

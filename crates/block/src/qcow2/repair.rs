@@ -44,6 +44,10 @@ pub struct RepairReport {
     pub messages: Vec<String>,
     /// The check after repairing.
     pub after: CheckReport,
+    /// `-r leaks` found a referenced cluster whose refcount is 0: only rebuilding the
+    /// refcounts (`-r all`) can fix that, so nothing was changed (qemu-img then fails the
+    /// check with "need to rebuild refcount structures").
+    pub needs_rebuild: bool,
 }
 
 /// Check the qcow2 image at `path` and repair what `mode` allows (qemu-img check -r).
@@ -59,6 +63,10 @@ pub fn repair(path: &Path, mode: RepairMode) -> Result<RepairReport> {
             ..Default::default()
         };
         img.fix_refcounts(mode, &mut rep)?;
+        if rep.needs_rebuild {
+            rep.after = rep.before.clone();
+            return Ok(rep);
+        }
         rep.after = super::check::check_image(&mut img)?;
         // With everything fixed, the dirty and corrupt bits go (as qemu-img's -r all).
         if mode == RepairMode::All && rep.after.corruptions == 0 {
@@ -142,6 +150,14 @@ impl Qcow2 {
         }
         clusters.sort_unstable();
         clusters.dedup();
+        if mode == RepairMode::Leaks {
+            for (&c, _) in refs.iter().filter(|&(&c, _)| c < file_clusters) {
+                if self.refcount(c)? == 0 {
+                    rep.needs_rebuild = true;
+                    return Ok(());
+                }
+            }
+        }
         let mut raise = Vec::new();
         let mut lower = Vec::new();
         for &c in clusters.iter().filter(|&&c| c < file_clusters) {

@@ -77,6 +77,13 @@ pub(super) fn check(
     for m in rep.before.messages.iter().chain(&rep.messages) {
         eprintln!("{m}");
     }
+    if rep.needs_rebuild {
+        // qemu-img's wording and status: the check fails and nothing is repaired.
+        eprintln!("ERROR need to rebuild refcount structures");
+        return Err(
+            "Check failed: Input/output error (use -r all to rebuild the refcounts)".into(),
+        );
+    }
     let mut head = String::new();
     if rep.leaks_fixed + rep.corruptions_fixed > 0 {
         head = format!(
