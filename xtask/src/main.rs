@@ -62,7 +62,7 @@ usage: cargo xtask bench [startup|memory|all] [--runs N] [--warmup N] [--output 
   img       disk images: kiln img bench vs qemu-img bench (sequential and
             random reads, overwrites and allocating writes on raw and qcow2)
             and convert of a 1 GiB image; files in target/kiln-bench-img
-            unless --dir (--runs defaults to 5)
+            unless --dir (--runs defaults to 7; verdicts on the fastest runs)
 
   --runs N     measured runs per peer (default 20)
   --warmup N   discarded warm-up runs per peer (default 3)
