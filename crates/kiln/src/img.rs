@@ -23,6 +23,10 @@ use clap::Subcommand;
 use kiln_block::{BlockDevice, Format, OpenOptions};
 use std::path::{Path, PathBuf};
 
+/// Bytes the copying commands (commit, compare, rebase, read, write) move per step: one
+/// buffer of this size at most. Convert and preallocation use 2 MiB steps of their own.
+const IO_CHUNK: u64 = 1 << 20;
+
 /// `kiln img` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ImgCommand {

@@ -3,11 +3,10 @@
 //! -d (or -b), empty the overlay as qemu-img does.
 
 use super::parse_format;
+use super::IO_CHUNK;
 use kiln_block::qcow2::Qcow2;
 use kiln_block::{backing_chain, chain_status, BlockDevice, ChainLink, Format, OpenOptions};
 use std::path::Path;
-
-const CHUNK: u64 = 1 << 20;
 
 /// The images `chain[..k]` stacked (top first, writable only if `top_rw`), without the
 /// images from `k` on.
@@ -96,7 +95,7 @@ pub(super) fn commit(
             } else {
                 let mut done = 0;
                 while done < len {
-                    let n = CHUNK.min(len - done);
+                    let n = IO_CHUNK.min(len - done);
                     buf.resize(n as usize, 0);
                     top.read_at(&mut buf, off + done)
                         .map_err(|e| e.to_string())?;

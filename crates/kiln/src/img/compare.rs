@@ -3,10 +3,10 @@
 //! longer image's tail must then read as zeros).
 
 use super::open_image;
+use super::IO_CHUNK;
 use kiln_block::{chain_status, BlockDevice, BlockStatus};
 use std::path::Path;
 
-const CHUNK: u64 = 1 << 20;
 const SECTOR: usize = 512;
 
 enum Outcome {
@@ -52,10 +52,10 @@ fn read(dev: &mut dyn BlockDevice, buf: &mut [u8], off: u64) -> Result<(), Strin
 /// Where the first non-zero 512-byte sector of `len` bytes at `off` starts (as
 /// qemu-img's check_empty_sectors reports it).
 fn first_nonzero(dev: &mut dyn BlockDevice, off: u64, len: u64) -> Result<Option<u64>, String> {
-    let mut buf = vec![0u8; CHUNK.min(len) as usize];
+    let mut buf = vec![0u8; IO_CHUNK.min(len) as usize];
     let mut done = 0;
     while done < len {
-        let n = CHUNK.min(len - done) as usize;
+        let n = IO_CHUNK.min(len - done) as usize;
         read(dev, &mut buf[..n], off + done)?;
         if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
             let at = done + i as u64;
@@ -108,7 +108,7 @@ fn run(
         } else if st1.allocated == st2.allocated {
             let mut done = 0;
             while done < chunk {
-                let n = CHUNK.min(chunk - done) as usize;
+                let n = IO_CHUNK.min(chunk - done) as usize;
                 buf1.resize(n, 0);
                 buf2.resize(n, 0);
                 read(a.as_mut(), &mut buf1, off + done)?;

@@ -3,11 +3,10 @@
 //! old and the new backing chain; `-u` only rewrites the header.
 
 use super::parse_format;
+use super::IO_CHUNK;
 use kiln_block::qcow2::Qcow2;
 use kiln_block::{chain_status, open_qcow2_rw, resolve_backing, BlockDevice, Format, OpenOptions};
 use std::path::Path;
-
-const CHUNK: u64 = 1 << 20;
 
 /// `kiln img rebase [-f fmt] [-u] -b BACKING [-F fmt] FILE`.
 pub(super) fn rebase(
@@ -137,7 +136,7 @@ fn copy_range(
     let cs = img.header().cluster_size();
     let mut done = 0;
     while done < len {
-        let n = CHUNK.min(len - done);
+        let n = IO_CHUNK.min(len - done);
         old_buf.resize(n as usize, 0);
         new_buf.resize(n as usize, 0);
         let at = off + done;

@@ -1,11 +1,10 @@
 //! `kiln img read` and `kiln img write`: dd-style access to an image's guest view at an
 //! offset (reads to stdout; writes of a byte pattern, zeros or a file's contents).
 
+use super::IO_CHUNK;
 use super::{open_image, parse_size};
 use std::io::Write;
 use std::path::Path;
-
-const CHUNK: u64 = 1 << 20;
 
 /// `kiln img read FILE OFFSET LENGTH`.
 pub(super) fn read(
@@ -25,10 +24,10 @@ pub(super) fn read(
         ));
     }
     let mut out = std::io::stdout().lock();
-    let mut buf = vec![0u8; CHUNK.min(length) as usize];
+    let mut buf = vec![0u8; IO_CHUNK.min(length) as usize];
     let mut done = 0;
     while done < length {
-        let n = CHUNK.min(length - done) as usize;
+        let n = IO_CHUNK.min(length - done) as usize;
         img.read_at(&mut buf[..n], offset + done)
             .map_err(|e| e.to_string())?;
         out.write_all(&buf[..n])
@@ -85,10 +84,10 @@ pub(super) fn write(a: WriteArgs<'_>) -> Result<u8, String> {
     } else if let Some(d) = data {
         img.write_at(&d, offset).map_err(|e| e.to_string())?;
     } else {
-        let buf = vec![a.pattern.unwrap_or(0); CHUNK.min(length) as usize];
+        let buf = vec![a.pattern.unwrap_or(0); IO_CHUNK.min(length) as usize];
         let mut done = 0;
         while done < length {
-            let n = CHUNK.min(length - done) as usize;
+            let n = IO_CHUNK.min(length - done) as usize;
             img.write_at(&buf[..n], offset + done)
                 .map_err(|e| e.to_string())?;
             done += n as u64;
