@@ -57,11 +57,6 @@ fn feature(line: &str, bit: usize) -> bool {
     bits.as_bytes()[bit] == b'1'
 }
 
-/// Whether Kiln ended `r` because its Linux guest triple-faulted.
-fn guest_reset(r: &RunResult) -> bool {
-    r.status == Some(2) && r.stderr_text().contains("guest reset by a triple fault")
-}
-
 fn field<'a>(r: &'a RunResult, out: &'a str, key: &str) -> &'a str {
     out.lines()
         .find_map(|l| l.trim_end().strip_prefix(&format!("{key}=")))
@@ -233,7 +228,7 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
     // sometimes triple-faults mid-run, QEMU's guests as well as Kiln's (measured on
     // 2026-12-06, README.md "The Linux test rig"). Run the batch once more then,
     // saying so; a reset that comes back fails the test.
-    if host.is_rig() && guest_reset(result.run("raw-disks")) {
+    if host.is_rig() && result.run("raw-disks").guest_triple_faulted() {
         eprintln!("raw-disks: the guest reset mid-run (the rig's nested-TCG fault); running the batch again");
         result = batch
             .execute(&host)

@@ -214,6 +214,14 @@ impl RunResult {
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
+
+    /// Whether Kiln ended this run because its guest triple-faulted (exit status 2, "guest
+    /// reset by a triple fault"). In the rig a 2-vCPU Linux guest sometimes does that for
+    /// no reason of its own, QEMU's guests too (README.md, "The Linux test rig"); tests
+    /// that see it rerun their batch once.
+    pub fn guest_triple_faulted(&self) -> bool {
+        self.status == Some(2) && self.stderr_text().contains("guest reset by a triple fault")
+    }
 }
 
 /// What a batch did.
