@@ -150,19 +150,16 @@ impl Qcow2 {
         }
         clusters.sort_unstable();
         clusters.dedup();
-        if mode == RepairMode::Leaks {
-            for (&c, _) in refs.iter().filter(|&(&c, _)| c < file_clusters) {
-                if self.refcount(c)? == 0 {
-                    rep.needs_rebuild = true;
-                    return Ok(());
-                }
-            }
-        }
         let mut raise = Vec::new();
         let mut lower = Vec::new();
         for &c in clusters.iter().filter(|&&c| c < file_clusters) {
             let want = refs.get(&c).copied().unwrap_or(0);
             let have = self.refcount(c)?;
+            if have == 0 && want > 0 && mode == RepairMode::Leaks {
+                // Nothing has changed yet: leave the image as it is (see `needs_rebuild`).
+                rep.needs_rebuild = true;
+                return Ok(());
+            }
             if have < want && mode == RepairMode::All {
                 raise.push((c, have, want));
             } else if have > want {
