@@ -127,25 +127,11 @@ fn power_reboot_panic_restart_and_platform() {
             &["--no-acpi", "--cpus", "2", "-m", "256M"],
             "console=ttyS0 quiet panic=1 reboot=k kiln.mode=exit",
         ));
-    let mut result = batch
-        .execute(&host)
-        .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
     // The rig's known fault: a 2-vCPU guest sometimes triple-faults under nested TCG
-    // (seen here while the panicking CPU stopped the other one). Run the batch once more
-    // then, saying so; a second one fails the test.
-    if host.is_rig() {
-        if let Some(r) = result.runs.iter().find(|r| {
-            r.guest_triple_faulted() && !matches!(r.name.as_str(), "reboot-triple" | "restart")
-        }) {
-            eprintln!(
-                "{}: the guest reset by a triple fault (the rig's nested-TCG fault); running the batch again",
-                r.name
-            );
-            result = batch
-                .execute(&host)
-                .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
-        }
-    }
+    // (seen here while the panicking CPU stopped the other one); the batch runs once more.
+    let result = batch
+        .execute_rerunning_rig_triple_faults(&host, &["reboot-triple", "restart"])
+        .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
     for r in &result.runs {
         eprintln!("{}: status {:?} in {:.1} s", r.name, r.status, r.seconds);
         if std::env::var_os("KILN_TEST_VERBOSE").is_some() || r.status.is_none() {

@@ -221,19 +221,12 @@ fn disks_data_read_only_and_root_on_raw_and_qcow2() {
             sh("base-md5", "md5sum {file:base} | cut -d' ' -f1; rm -f /tmp/kiln-virtio-blk-*")
                 .file("base", base.as_path()),
         );
-    let mut result = batch
-        .execute(&host)
-        .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
     // The rig's known fault: under nested TCG a 2-vCPU guest doing this much I/O
     // sometimes triple-faults mid-run, QEMU's guests as well as Kiln's (measured on
-    // 2026-12-06, README.md "The Linux test rig"). Run the batch once more then,
-    // saying so; a reset that comes back fails the test.
-    if host.is_rig() && result.run("raw-disks").guest_triple_faulted() {
-        eprintln!("raw-disks: the guest reset mid-run (the rig's nested-TCG fault); running the batch again");
-        result = batch
-            .execute(&host)
-            .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
-    }
+    // 2026-12-06, README.md "The Linux test rig"); the batch runs once more then.
+    let result = batch
+        .execute_rerunning_rig_triple_faults(&host, &[])
+        .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
     let _ = std::fs::remove_file(&overlay);
     for r in &result.runs {
         eprintln!("{}: status {:?} in {:.1} s", r.name, r.status, r.seconds);

@@ -80,7 +80,8 @@ fn tap_ping_and_a_64_mib_download() {
                 .file("initrd", initrd)
                 .timeout_secs(400),
         )
-        .execute(&host)
+        // A 2-vCPU guest: the rig's triple fault reruns the batch once.
+        .execute_rerunning_rig_triple_faults(&host, &[])
         .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
     let r = result.run("net");
     let out = r.stdout_text();

@@ -94,7 +94,8 @@ fn vsock_echo_both_ways_through_the_unix_socket() {
                 .file("initrd", initrd)
                 .timeout_secs(300),
         )
-        .execute(&host)
+        // A 2-vCPU guest: the rig's triple fault reruns the batch once.
+        .execute_rerunning_rig_triple_faults(&host, &[])
         .unwrap_or_else(|e| panic!("rig batch failed: {e}"));
     let r = result.run("vsock");
     let out = r.stdout_text();
