@@ -1,4 +1,4 @@
-//! Positioned file I/O helpers shared by the formats: opening an image with its lock,
+//! Positioned file I/O helpers shared by the formats: opening an image with its locks,
 //! whole-buffer reads that see zeros past the end of the file, whole-buffer writes,
 //! `fdatasync`, and hole punching via `fallocate`.
 //!
@@ -16,6 +16,7 @@
 //!   writes, the bytes: `W` data write and `M` metadata write (offset, length, bytes),
 //!   `P` hole punch (offset, length), `S` fdatasync (0, 0). Other tags are free for the tests' own markers.
 
+use crate::lock::{lock_image, Share};
 use crate::{Error, Result};
 use std::fs::File;
 use std::io::Write;
@@ -80,50 +81,15 @@ pub(crate) fn write_meta(file: &File, buf: &[u8], offset: u64) -> Result<()> {
     write_tagged(file, buf, offset, b'M')
 }
 
-/// Attempts at taking an image's lock, 10 ms apart, before it counts as in use.
-const LOCK_TRIES: u32 = 20;
-
-/// Open an image file and lock it: exclusively when it is opened for writing, shared
-/// when read-only, so two writers (or a writer and a reader) cannot use one image at
-/// once and corrupt it. The lock (`flock`) goes away with the file.
-pub(crate) fn open_image(path: &Path, read_only: bool) -> Result<File> {
-    let ctx = || path.display().to_string();
+/// Open an image file and lock it the way QEMU does ([`crate::lock`]): for writing,
+/// nobody else may use it; for reading, nobody else may write it unless `share` says so.
+pub(crate) fn open_image(path: &Path, read_only: bool, share: Share) -> Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(!read_only)
         .open(path)
-        .map_err(|e| Error::io(ctx(), e))?;
-    let mode = if read_only {
-        libc::LOCK_SH
-    } else {
-        libc::LOCK_EX
-    };
-    // A conflicting lock may belong to a child another thread of this process is
-    // spawning (it holds copies of our descriptors until its exec closes them), which is
-    // gone within microseconds: try a few times before calling the image busy.
-    let mut tries = 0;
-    let r = loop {
-        // SAFETY: flock only reads the descriptor number, which `file` keeps open.
-        let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
-        let busy =
-            r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK);
-        if !busy || tries == LOCK_TRIES {
-            break r;
-        }
-        tries += 1;
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::Locked(format!(
-                "{}: in use by another process (it holds the image's {} lock)",
-                ctx(),
-                if read_only { "write" } else { "read or write" }
-            )));
-        }
-        return Err(Error::io(ctx(), e));
-    }
+        .map_err(|e| Error::io(path.display().to_string(), e))?;
+    lock_image(&file, path, !read_only, share)?;
     Ok(file)
 }
 

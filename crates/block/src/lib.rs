@@ -11,6 +11,7 @@ mod error;
 mod fileio;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod lock;
 mod open;
 pub mod qcow1;
 pub mod qcow2;
@@ -18,6 +19,7 @@ pub mod raw;
 mod status;
 
 pub use error::{Error, Result};
+pub use lock::Share;
 pub use open::{open, probe, resolve_backing, OpenOptions, MAX_CHAIN_DEPTH};
 pub use status::{
     backing_chain, chain_status, open_qcow2_rw, resize_image, BlockStatus, ChainLink,

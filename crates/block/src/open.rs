@@ -9,7 +9,7 @@
 use crate::qcow1::Qcow1;
 use crate::qcow2::Qcow2;
 use crate::raw::RawFile;
-use crate::{BlockDevice, Error, Format, Result};
+use crate::{BlockDevice, Error, Format, Result, Share};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,8 @@ pub struct OpenOptions {
     pub format: Option<Format>,
     /// Do not open backing files (reads of unallocated clusters then return zeros).
     pub no_backing: bool,
+    /// What other users may do with the image and its backing files meanwhile.
+    pub share: Share,
 }
 
 /// Guess an image's format from its first bytes: qcow2 if it has the magic (qcow if the
@@ -95,7 +97,7 @@ fn open_chain(
     };
     match format {
         Format::Raw => {
-            let mut raw = RawFile::open(path, opts.read_only)?;
+            let mut raw = RawFile::open_shared(path, opts.read_only, opts.share)?;
             if opts.format.is_none() {
                 raw.set_probed();
             }
@@ -108,23 +110,37 @@ fn open_chain(
                     path.display()
                 )));
             }
-            let mut img = Qcow1::open(path)?;
+            let mut img = Qcow1::open_shared(path, opts.share)?;
             if opts.no_backing {
                 return Ok(Box::new(img));
             }
             if let Some(name) = img.backing_file().map(str::to_owned) {
-                img.set_backing(open_backing(path, &name, None, depth + 1, seen)?);
+                img.set_backing(open_backing(
+                    path,
+                    &name,
+                    None,
+                    opts.share,
+                    depth + 1,
+                    seen,
+                )?);
             }
             Ok(Box::new(img))
         }
         Format::Qcow2 => {
-            let mut img = Qcow2::open(path, opts.read_only)?;
+            let mut img = Qcow2::open_shared(path, opts.read_only, opts.share)?;
             if opts.no_backing {
                 return Ok(Box::new(img));
             }
             if let Some(name) = img.backing_file().map(str::to_owned) {
                 let fmt = img.backing_format().map(str::to_owned);
-                img.set_backing(open_backing(path, &name, fmt.as_deref(), depth + 1, seen)?);
+                img.set_backing(open_backing(
+                    path,
+                    &name,
+                    fmt.as_deref(),
+                    opts.share,
+                    depth + 1,
+                    seen,
+                )?);
             }
             Ok(Box::new(img))
         }
@@ -138,6 +154,7 @@ pub(crate) fn open_backing(
     overlay: &Path,
     name: &str,
     format: Option<&str>,
+    share: Share,
     depth: usize,
     seen: &mut Vec<PathBuf>,
 ) -> Result<Box<dyn BlockDevice>> {
@@ -149,6 +166,7 @@ pub(crate) fn open_backing(
         read_only: true,
         format,
         no_backing: false,
+        share,
     };
     open_chain(&resolve_backing(overlay, name), &opts, depth, seen).map_err(|e| {
         Error::Invalid(format!(

@@ -11,7 +11,7 @@
 //! are the byte offset and the bits above it (below bit 63) the compressed size in bytes.
 
 use crate::fileio::{file_len, read_full};
-use crate::{check_range, BlockDevice, Error, Extent, Format, Result};
+use crate::{check_range, BlockDevice, Error, Extent, Format, Result, Share};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -68,8 +68,13 @@ enum Where {
 impl Qcow1 {
     /// Open a qcow image read-only, without its backing file (see [`crate::open`]).
     pub fn open(path: &Path) -> Result<Qcow1> {
+        Self::open_shared(path, Share::default())
+    }
+
+    /// [`open`](Self::open), letting other users of the image do what `share` says.
+    pub fn open_shared(path: &Path, share: Share) -> Result<Qcow1> {
         let ctx = path.display().to_string();
-        let file = crate::fileio::open_image(path, true)?;
+        let file = crate::fileio::open_image(path, true, share)?;
         Self::from_file(file, path).map_err(|e| e.context(&ctx))
     }
 

@@ -2,7 +2,7 @@
 //! holes (`fallocate`), falling back to writing zeros where the file system cannot.
 
 use crate::fileio::{file_len, open_image, read_full, sync, write_full, zero_range};
-use crate::{check_range, BlockDevice, Error, Extent, Format, Result};
+use crate::{check_range, BlockDevice, Error, Extent, Format, Result, Share};
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -39,7 +39,12 @@ const SIGNATURES: [(&[u8], &str); 7] = [
 impl RawFile {
     /// Open `path` as a raw image.
     pub fn open(path: &Path, read_only: bool) -> Result<RawFile> {
-        let file = open_image(path, read_only)?;
+        Self::open_shared(path, read_only, Share::default())
+    }
+
+    /// [`open`](Self::open), letting other users of the image do what `share` says.
+    pub fn open_shared(path: &Path, read_only: bool, share: Share) -> Result<RawFile> {
+        let file = open_image(path, read_only, share)?;
         Self::from_file(file, read_only)
     }
 

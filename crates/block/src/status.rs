@@ -5,7 +5,7 @@
 
 use crate::qcow2::Qcow2;
 use crate::raw::RawFile;
-use crate::{resolve_backing, BlockDevice, Error, Extent, Format, Result, MAX_CHAIN_DEPTH};
+use crate::{resolve_backing, BlockDevice, Error, Extent, Format, Result, Share, MAX_CHAIN_DEPTH};
 use std::path::{Path, PathBuf};
 
 /// What one image of a chain says about a range starting at some offset.
@@ -137,7 +137,14 @@ pub fn open_qcow2_rw(path: &Path) -> Result<Qcow2> {
         let fmt = img.backing_format().map(str::to_owned);
         let canon =
             std::fs::canonicalize(path).map_err(|e| Error::io(path.display().to_string(), e))?;
-        let b = crate::open::open_backing(path, &name, fmt.as_deref(), 1, &mut vec![canon])?;
+        let b = crate::open::open_backing(
+            path,
+            &name,
+            fmt.as_deref(),
+            Share::default(),
+            1,
+            &mut vec![canon],
+        )?;
         img.set_backing(b);
     }
     Ok(img)

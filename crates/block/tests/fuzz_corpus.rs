@@ -193,6 +193,7 @@ fn seeds_are_real_images_that_open() {
             read_only: true,
             format: None,
             no_backing: true,
+            share: kiln_block::Share::Readers,
         };
         let mut dev =
             kiln_block::open(&p, &opts).unwrap_or_else(|e| panic!("{name} does not open: {e}"));

@@ -270,6 +270,7 @@ fn a_named_raw_backing_format_is_never_probed() {
             read_only: true,
             format: Some(kiln_block::Format::Raw),
             no_backing: false,
+            share: kiln_block::Share::Readers,
         },
     )
     .unwrap();

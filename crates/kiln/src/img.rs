@@ -20,7 +20,7 @@ mod rw;
 mod snapshot;
 
 use clap::Subcommand;
-use kiln_block::{BlockDevice, Format, OpenOptions};
+use kiln_block::{BlockDevice, Format, OpenOptions, Share};
 use std::path::{Path, PathBuf};
 
 /// Bytes the copying commands (commit, compare, rebase, read, write) move per step: one
@@ -62,6 +62,10 @@ pub enum ImgCommand {
         /// Output format: human or json.
         #[arg(long, default_value = "human")]
         output: String,
+        /// Force share: open the image even while another process writes it (what is read
+        /// may then be inconsistent); read-only uses only.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// The image.
         file: PathBuf,
     },
@@ -76,6 +80,10 @@ pub enum ImgCommand {
         /// Output format: human or json.
         #[arg(long, default_value = "human")]
         output: String,
+        /// Force share: open the image even while another process writes it (what is read
+        /// may then be inconsistent); read-only uses only.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// The image.
         file: PathBuf,
     },
@@ -96,6 +104,10 @@ pub enum ImgCommand {
         /// Show progress on stderr.
         #[arg(short = 'p')]
         progress: bool,
+        /// Force share: open the image even while another process writes it (what is read
+        /// may then be inconsistent); read-only uses only.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// Source image.
         src: PathBuf,
         /// Output image (created or overwritten).
@@ -139,6 +151,10 @@ pub enum ImgCommand {
         /// Print nothing.
         #[arg(short = 'q', long = "quiet")]
         quiet: bool,
+        /// Force share: open the image even while another process writes it (what is read
+        /// may then be inconsistent); read-only uses only.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// The image.
         file: PathBuf,
     },
@@ -147,6 +163,10 @@ pub enum ImgCommand {
         /// Image format (default: probe).
         #[arg(short = 'f')]
         format: Option<String>,
+        /// Force share: open the image even while another process writes it (what is read
+        /// may then be inconsistent); read-only uses only.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// The image.
         file: PathBuf,
         /// Guest offset (k/M/G suffixes, 0x hex).
@@ -186,6 +206,10 @@ pub enum ImgCommand {
         /// Quiet (accepted for qemu-img compatibility; success prints nothing anyway).
         #[arg(short = 'q')]
         quiet: bool,
+        /// Force share: open the image even while another process writes it (what is read
+        /// may then be inconsistent); read-only uses only.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// The image.
         file: PathBuf,
     },
@@ -233,6 +257,10 @@ pub enum ImgCommand {
         /// Output format: human or json.
         #[arg(long, default_value = "human")]
         output: String,
+        /// Force share: open the image even while another process writes it (what is read
+        /// may then be inconsistent); read-only uses only.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// The image.
         file: PathBuf,
     },
@@ -247,6 +275,10 @@ pub enum ImgCommand {
         /// Strict: sizes and allocation must match too.
         #[arg(short = 's')]
         strict: bool,
+        /// Force share: open the image even while another process writes it (what is read
+        /// may then be inconsistent); read-only uses only.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// First image.
         file1: PathBuf,
         /// Second image.
@@ -306,20 +338,29 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
         ImgCommand::Info {
             format,
             output,
+            force_share,
             file,
-        } => info::info(format.as_deref(), &output, &file),
+        } => info::info(format.as_deref(), &output, &file, share(force_share)),
         ImgCommand::Check {
             format,
             repair,
             output,
+            force_share,
             file,
-        } => check::check(format.as_deref(), repair.as_deref(), &output, &file),
+        } => check::check(
+            format.as_deref(),
+            repair.as_deref(),
+            &output,
+            &file,
+            share(force_share),
+        ),
         ImgCommand::Convert {
             format,
             out_format,
             options,
             compress,
             progress,
+            force_share,
             src,
             dst,
         } => create::convert(create::ConvertArgs {
@@ -328,6 +369,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             options: &options,
             compress,
             progress,
+            share: share(force_share),
             src: &src,
             dst: &dst,
         }),
@@ -343,6 +385,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             pattern,
             flush_interval,
             quiet,
+            force_share,
             file,
         } => bench::bench(bench::BenchArgs {
             format: format.as_deref(),
@@ -356,6 +399,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             pattern,
             flush_interval,
             quiet,
+            share: share(force_share),
             file: &file,
         }),
         ImgCommand::Snapshot {
@@ -366,6 +410,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             format,
             output,
             quiet: _,
+            force_share,
             file,
         } => {
             let op = match (&create, &apply, &delete) {
@@ -374,14 +419,21 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
                 (_, _, Some(n)) => snapshot::Op::Delete(n),
                 _ => snapshot::Op::List,
             };
-            snapshot::snapshot(op, format.as_deref(), &output, &file)
+            snapshot::snapshot(op, format.as_deref(), &output, &file, share(force_share))
         }
         ImgCommand::Read {
             format,
+            force_share,
             file,
             offset,
             length,
-        } => rw::read(format.as_deref(), &file, &offset, &length),
+        } => rw::read(
+            format.as_deref(),
+            &file,
+            &offset,
+            &length,
+            share(force_share),
+        ),
         ImgCommand::Write {
             format,
             pattern,
@@ -408,12 +460,14 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
         ImgCommand::Map {
             format,
             output,
+            force_share,
             file,
-        } => map::map(format.as_deref(), &output, &file),
+        } => map::map(format.as_deref(), &output, &file, share(force_share)),
         ImgCommand::Compare {
             format,
             format2,
             strict,
+            force_share,
             file1,
             file2,
         } => Ok(compare::compare(
@@ -422,6 +476,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             strict,
             &file1,
             &file2,
+            share(force_share),
         )),
         ImgCommand::Commit {
             format,
@@ -487,6 +542,15 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
+/// What `-U` (`--force-share`) asks of other users of the image.
+fn share(force: bool) -> Share {
+    if force {
+        Share::Force
+    } else {
+        Share::Readers
+    }
+}
+
 /// Parse an optional format name.
 fn parse_format(f: Option<&str>) -> Result<Option<Format>, String> {
     f.map(Format::from_name)
@@ -499,11 +563,13 @@ fn open_image(
     path: &Path,
     format: Option<&str>,
     read_only: bool,
+    share: Share,
 ) -> Result<Box<dyn BlockDevice>, String> {
     let opts = OpenOptions {
         read_only,
         format: parse_format(format)?,
         no_backing: false,
+        share,
     };
     kiln_block::open(path, &opts).map_err(|e| e.to_string())
 }

@@ -94,6 +94,7 @@ fn open_cdrom(path: &Path) -> Result<Box<dyn kiln_block::BlockDevice>> {
         read_only: true,
         format: None,
         no_backing: false,
+        share: kiln_block::Share::Readers,
     };
     let mut image =
         kiln_block::open(path, &opts).map_err(|e| VmmError::Config(format!("--cdrom: {e}")))?;
@@ -147,6 +148,7 @@ impl IdeDevices {
                         read_only: d.read_only,
                         format: d.format,
                         no_backing: false,
+                        share: kiln_block::Share::Readers,
                     };
                     let mut image = kiln_block::open(&d.path, &opts)
                         .map_err(|e| VmmError::Config(format!("disk: {e}")))?;

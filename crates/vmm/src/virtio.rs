@@ -56,6 +56,7 @@ impl VirtioDevices {
                 read_only: d.read_only,
                 format: d.format,
                 no_backing: false,
+                share: kiln_block::Share::Readers,
             };
             let mut disk = kiln_block::open(&d.path, &opts)
                 .map_err(|e| VmmError::Config(format!("disk: {e}")))?;

@@ -205,7 +205,12 @@ fn walk_l2(
 
 /// Check the qcow2 image at `path` (opened read-only).
 pub fn check(path: &Path) -> Result<CheckReport> {
-    let mut img = Qcow2::open(path, true)?;
+    check_shared(path, crate::Share::default())
+}
+
+/// [`check`], letting other users of the image do what `share` says meanwhile.
+pub fn check_shared(path: &Path, share: crate::Share) -> Result<CheckReport> {
+    let mut img = Qcow2::open_shared(path, true, share)?;
     let ctx = path.display().to_string();
     check_image(&mut img).map_err(|e| e.context(&ctx))
 }

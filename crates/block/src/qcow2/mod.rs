@@ -42,7 +42,7 @@ pub use header::{Compression, Header};
 pub use prealloc::Prealloc;
 
 use crate::fileio::{file_len, read_full, sync};
-use crate::{check_range, BlockDevice, BlockStatus, Error, Extent, Format, Result};
+use crate::{check_range, BlockDevice, BlockStatus, Error, Extent, Format, Result, Share};
 use cache::Cache;
 use header::INCOMPAT_CORRUPT;
 use std::collections::HashSet;
@@ -159,8 +159,13 @@ pub(crate) fn read_be64s(buf: &[u8]) -> Vec<u64> {
 impl Qcow2 {
     /// Open a qcow2 image without its backing file (see [`crate::open`] for chains).
     pub fn open(path: &Path, read_only: bool) -> Result<Qcow2> {
+        Self::open_shared(path, read_only, Share::default())
+    }
+
+    /// [`open`](Self::open), letting other users of the image do what `share` says.
+    pub fn open_shared(path: &Path, read_only: bool, share: Share) -> Result<Qcow2> {
         let ctx = path.display().to_string();
-        let file = crate::fileio::open_image(path, read_only)?;
+        let file = crate::fileio::open_image(path, read_only, share)?;
         Self::from_file(file, path, read_only).map_err(|e| e.context(&ctx))
     }
 

@@ -54,8 +54,11 @@ pub struct RepairReport {
 /// A dirty image is opened without its automatic repair, so the report shows what it had.
 pub fn repair(path: &Path, mode: RepairMode) -> Result<RepairReport> {
     let ctx = path.display().to_string();
-    let before = super::check::check(path)?;
-    let file = crate::fileio::open_image(path, false).map_err(|e| e.context(&ctx))?;
+    // The write lock first: from here on nobody else changes the image, and the check
+    // before the repair may share it with this process's own writer.
+    let file = crate::fileio::open_image(path, false, crate::Share::default())
+        .map_err(|e| e.context(&ctx))?;
+    let before = super::check::check_shared(path, crate::Share::Force)?;
     let inner = || -> Result<RepairReport> {
         let mut img = Qcow2::from_file_no_repair(file, path)?;
         let mut rep = RepairReport {

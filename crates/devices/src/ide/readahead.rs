@@ -109,6 +109,7 @@ mod tests {
             read_only: false,
             format: Some(Format::Raw),
             no_backing: false,
+            share: kiln_block::Share::Readers,
         };
         let img = kiln_block::open(&p, &opts).unwrap();
         (dir, img)

@@ -7,6 +7,7 @@
 //! says (the depth is accepted so pasted qemu-img command lines work, and reported).
 
 use super::{open_image, parse_size};
+use kiln_block::Share;
 use std::path::Path;
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ pub(super) struct BenchArgs<'a> {
     pub pattern: u8,
     pub flush_interval: Option<u64>,
     pub quiet: bool,
+    pub share: Share,
     pub file: &'a Path,
 }
 
@@ -54,7 +56,7 @@ pub(super) fn bench(a: BenchArgs<'_>) -> Result<u8, String> {
     if a.flush_interval.is_some() && !a.write {
         return Err("--flush-interval is only available in write tests".into());
     }
-    let mut img = open_image(a.file, a.format, !a.write)?;
+    let mut img = open_image(a.file, a.format, !a.write, a.share)?;
     let size = img.size();
     if offset.checked_add(bufsize).is_none_or(|e| e > size) {
         return Err(format!(

@@ -6,6 +6,7 @@ use super::parse_format;
 use kiln_block::qcow2::check::CheckReport;
 use kiln_block::qcow2::repair::RepairMode;
 use kiln_block::Format;
+use kiln_block::Share;
 use serde::Serialize;
 use std::path::Path;
 
@@ -49,6 +50,7 @@ pub(super) fn check(
     repair: Option<&str>,
     output: &str,
     file: &Path,
+    share: Share,
 ) -> Result<u8, String> {
     if output != "human" && output != "json" {
         return Err(format!("--output must be human or json, not '{output}'"));
@@ -70,9 +72,16 @@ pub(super) fn check(
         ));
     }
     let Some(mode) = mode else {
-        let r: CheckReport = kiln_block::qcow2::check::check(file).map_err(|e| e.to_string())?;
+        let r: CheckReport =
+            kiln_block::qcow2::check::check_shared(file, share).map_err(|e| e.to_string())?;
         return Ok(report(&r, file, output, ""));
     };
+    if share == Share::Force {
+        return Err(format!(
+            "{}: force-share (-U) can only be used with read-only images (not with -r)",
+            file.display()
+        ));
+    }
     let rep = kiln_block::qcow2::repair::repair(file, mode).map_err(|e| e.to_string())?;
     for m in rep.before.messages.iter().chain(&rep.messages) {
         eprintln!("{m}");

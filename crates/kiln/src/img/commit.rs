@@ -69,6 +69,7 @@ pub(super) fn commit(
             read_only: true,
             format: Some(base_link.format),
             no_backing: true,
+            share: kiln_block::Share::Readers,
         };
         kiln_block::open(&base_link.path, &opts)
             .map_err(|e| e.to_string())?
@@ -82,6 +83,7 @@ pub(super) fn commit(
         read_only: false,
         format: Some(base_link.format),
         no_backing: false,
+        share: kiln_block::Share::Readers,
     };
     let mut dst = kiln_block::open(&base_link.path, &opts).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();

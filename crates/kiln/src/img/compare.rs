@@ -4,6 +4,7 @@
 
 use super::open_image;
 use super::IO_CHUNK;
+use kiln_block::Share;
 use kiln_block::{chain_status, BlockDevice, BlockStatus};
 use std::path::Path;
 
@@ -22,8 +23,9 @@ pub(super) fn compare(
     strict: bool,
     file1: &Path,
     file2: &Path,
+    share: Share,
 ) -> u8 {
-    match run(f1, f2, strict, file1, file2) {
+    match run(f1, f2, strict, file1, file2, share) {
         Ok(Outcome::Same) => {
             println!("Images are identical.");
             0
@@ -72,9 +74,10 @@ fn run(
     strict: bool,
     file1: &Path,
     file2: &Path,
+    share: Share,
 ) -> Result<Outcome, String> {
-    let mut a = open_image(file1, f1, true)?;
-    let mut b = open_image(file2, f2, true)?;
+    let mut a = open_image(file1, f1, true, share)?;
+    let mut b = open_image(file2, f2, true, share)?;
     let (s1, s2) = (a.size(), b.size());
     if strict && s1 != s2 {
         return Ok(Outcome::Differ("Strict mode: Image size mismatch!".into()));

@@ -4,6 +4,7 @@
 use super::{open_image, parse_format, parse_size};
 use kiln_block::qcow2::{self, Compression, CreateOptions, Prealloc};
 use kiln_block::raw::RawFile;
+use kiln_block::Share;
 use kiln_block::{Extent, Format, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -103,6 +104,7 @@ pub(super) fn create(
             read_only: true,
             format: bfmt,
             no_backing: false,
+            share: kiln_block::Share::Readers,
         };
         let b = kiln_block::open(&bpath, &bopts)
             .map_err(|e| format!("could not open backing file: {e}"))?;
@@ -140,6 +142,7 @@ pub(super) struct ConvertArgs<'a> {
     pub options: &'a [String],
     pub compress: bool,
     pub progress: bool,
+    pub share: Share,
     pub src: &'a Path,
     pub dst: &'a Path,
 }
@@ -157,7 +160,7 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
             "compression (-c) is not supported for the {out_format} format"
         ));
     }
-    let mut src = open_image(a.src, a.format, true)?;
+    let mut src = open_image(a.src, a.format, true, a.share)?;
     let size = src.size();
     let mut opts = CreateOptions::default();
     apply_options(out_format, a.options, &mut opts)?;
@@ -180,6 +183,7 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
         read_only: false,
         format: Some(out_format),
         no_backing: true,
+        share: kiln_block::Share::Readers,
     };
     let mut dst = kiln_block::open(a.dst, &dopts).map_err(|e| e.to_string())?;
     // A reader thread fills chunks while this one writes the previous ones: the copy into

@@ -2,6 +2,7 @@
 
 use super::parse_format;
 use kiln_block::qcow2::Qcow2;
+use kiln_block::Share;
 use kiln_block::{BlockDevice, Format};
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
@@ -86,7 +87,7 @@ pub(crate) fn human_size(v: u64) -> String {
     format!("{s} {}B", UNITS[i])
 }
 
-fn gather(format: Option<&str>, file: &Path) -> Result<ImageInfo, String> {
+fn gather(format: Option<&str>, file: &Path, share: Share) -> Result<ImageInfo, String> {
     let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let format = match parse_format(format)? {
         Some(f) => f,
@@ -107,7 +108,7 @@ fn gather(format: Option<&str>, file: &Path) -> Result<ImageInfo, String> {
         dirty_flag: false,
     };
     if format == Format::Qcow {
-        let img = kiln_block::qcow1::Qcow1::open(file).map_err(|e| e.to_string())?;
+        let img = kiln_block::qcow1::Qcow1::open_shared(file, share).map_err(|e| e.to_string())?;
         info.virtual_size = img.size();
         info.cluster_size = Some(1 << img.cluster_bits());
         if let Some(b) = img.backing_file() {
@@ -117,7 +118,7 @@ fn gather(format: Option<&str>, file: &Path) -> Result<ImageInfo, String> {
         }
     }
     if format == Format::Qcow2 {
-        let img = Qcow2::open(file, true).map_err(|e| e.to_string())?;
+        let img = Qcow2::open_shared(file, true, share).map_err(|e| e.to_string())?;
         let h = img.header();
         info.virtual_size = img.size();
         info.cluster_size = Some(h.cluster_size());
@@ -152,11 +153,16 @@ fn gather(format: Option<&str>, file: &Path) -> Result<ImageInfo, String> {
 }
 
 /// `kiln img info`.
-pub(super) fn info(format: Option<&str>, output: &str, file: &Path) -> Result<u8, String> {
+pub(super) fn info(
+    format: Option<&str>,
+    output: &str,
+    file: &Path,
+    share: Share,
+) -> Result<u8, String> {
     if output != "human" && output != "json" {
         return Err(format!("--output must be human or json, not '{output}'"));
     }
-    let i = gather(format, file)?;
+    let i = gather(format, file, share)?;
     if output == "json" {
         let s = serde_json::to_string_pretty(&i).map_err(|e| e.to_string())?;
         println!("{s}");

@@ -3,6 +3,7 @@
 //! merges them).
 
 use super::{open_image, parse_format};
+use kiln_block::Share;
 use kiln_block::{backing_chain, chain_status};
 use std::path::Path;
 
@@ -59,13 +60,18 @@ fn hex16(v: u64) -> String {
 }
 
 /// `kiln img map [-f fmt] [--output human|json] FILE`.
-pub(super) fn map(format: Option<&str>, output: &str, file: &Path) -> Result<u8, String> {
+pub(super) fn map(
+    format: Option<&str>,
+    output: &str,
+    file: &Path,
+    share: Share,
+) -> Result<u8, String> {
     if output != "human" && output != "json" {
         return Err(format!("--output must be human or json, not '{output}'"));
     }
     let fmt = parse_format(format)?;
     let chain = backing_chain(file, fmt).map_err(|e| e.to_string())?;
-    let mut img = open_image(file, format, true)?;
+    let mut img = open_image(file, format, true, share)?;
     let size = img.size();
     let mut entries: Vec<Entry> = Vec::new();
     let mut off = 0;

@@ -45,6 +45,7 @@ pub(super) fn rebase(
                 read_only: true,
                 format: parse_format(backing_format)?,
                 no_backing: false,
+                share: kiln_block::Share::Readers,
             };
             let p = resolve_backing(file, n);
             Some(

@@ -23,10 +23,12 @@ pub(super) fn resize(
         None => kiln_block::probe(file)
             .map_err(|e| format!("Could not open '{}': {e}", file.display()))?,
     };
+    // Only a look at the current size: the resize's own open takes the write lock.
     let opts = OpenOptions {
         read_only: true,
         format: Some(format),
         no_backing: true,
+        share: kiln_block::Share::Force,
     };
     let cur = kiln_block::open(file, &opts)
         .map_err(|e| format!("Could not open '{}': {e}", file.display()))?

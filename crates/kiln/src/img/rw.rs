@@ -3,6 +3,7 @@
 
 use super::IO_CHUNK;
 use super::{open_image, parse_size};
+use kiln_block::Share;
 use std::io::Write;
 use std::path::Path;
 
@@ -12,10 +13,11 @@ pub(super) fn read(
     file: &Path,
     offset: &str,
     length: &str,
+    share: Share,
 ) -> Result<u8, String> {
     let offset = parse_size(offset)?;
     let length = parse_size(length)?;
-    let mut img = open_image(file, format, true)?;
+    let mut img = open_image(file, format, true, share)?;
     if offset.checked_add(length).is_none_or(|e| e > img.size()) {
         return Err(format!(
             "{}: range {offset}+{length} is beyond the end of the image ({} bytes)",
@@ -70,7 +72,7 @@ pub(super) fn write(a: WriteArgs<'_>) -> Result<u8, String> {
     if data.is_none() && a.pattern.is_none() && !a.zero {
         return Err("--length needs --pattern or --zero".into());
     }
-    let mut img = open_image(a.file, a.format, false)?;
+    let mut img = open_image(a.file, a.format, false, Share::Readers)?;
     if offset.checked_add(length).is_none_or(|e| e > img.size()) {
         return Err(format!(
             "{}: range {offset}+{length} is beyond the end of the image ({} bytes)",

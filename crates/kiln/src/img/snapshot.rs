@@ -7,6 +7,7 @@ use super::parse_format;
 use kiln_block::qcow2::snapshot::Snapshot;
 use kiln_block::qcow2::Qcow2;
 use kiln_block::Format;
+use kiln_block::Share;
 use serde::Serialize;
 use std::path::Path;
 
@@ -118,6 +119,7 @@ pub(super) fn snapshot(
     format: Option<&str>,
     output: &str,
     file: &Path,
+    share: Share,
 ) -> Result<u8, String> {
     if output != "human" && output != "json" {
         return Err(format!("--output must be human or json, not '{output}'"));
@@ -145,7 +147,7 @@ pub(super) fn snapshot(
         ));
     }
     let read_only = matches!(op, Op::List);
-    let mut img = Qcow2::open(file, read_only).map_err(|e| e.to_string())?;
+    let mut img = Qcow2::open_shared(file, read_only, share).map_err(|e| e.to_string())?;
     let fail = |e: kiln_block::Error| format!("Could not {verb} snapshot '{name}': {e}");
     match op {
         Op::List => {

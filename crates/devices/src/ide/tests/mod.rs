@@ -60,6 +60,7 @@ fn open_raw(f: &NamedTempFile, read_only: bool) -> Box<dyn kiln_block::BlockDevi
         read_only,
         format: Some(Format::Raw),
         no_backing: true,
+        share: kiln_block::Share::Readers,
     };
     open(f.path(), &opts).unwrap()
 }
