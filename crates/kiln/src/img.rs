@@ -62,6 +62,9 @@ pub enum ImgCommand {
         /// Output format: human or json.
         #[arg(long, default_value = "human")]
         output: String,
+        /// Show every image of the backing chain, the image first.
+        #[arg(long = "backing-chain")]
+        backing_chain: bool,
         /// Force share: open the image even while another process writes it (what is read
         /// may then be inconsistent); read-only uses only.
         #[arg(short = 'U', long = "force-share")]
@@ -338,9 +341,16 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
         ImgCommand::Info {
             format,
             output,
+            backing_chain,
             force_share,
             file,
-        } => info::info(format.as_deref(), &output, &file, share(force_share)),
+        } => info::info(
+            format.as_deref(),
+            &output,
+            &file,
+            backing_chain,
+            share(force_share),
+        ),
         ImgCommand::Check {
             format,
             repair,

@@ -152,22 +152,64 @@ fn gather(format: Option<&str>, file: &Path, share: Share) -> Result<ImageInfo, 
     Ok(info)
 }
 
-/// `kiln img info`.
+/// `kiln img info`: the image, or with `backing_chain` every image of its backing chain
+/// in order (human blocks separated by a blank line, or a JSON array), as qemu-img's
+/// `--backing-chain`.
 pub(super) fn info(
     format: Option<&str>,
     output: &str,
     file: &Path,
+    backing_chain: bool,
     share: Share,
 ) -> Result<u8, String> {
     if output != "human" && output != "json" {
         return Err(format!("--output must be human or json, not '{output}'"));
     }
-    let i = gather(format, file, share)?;
-    if output == "json" {
-        let s = serde_json::to_string_pretty(&i).map_err(|e| e.to_string())?;
-        println!("{s}");
+    let first = gather(format, file, share)?;
+    if !backing_chain {
+        if output == "json" {
+            let s = serde_json::to_string_pretty(&first).map_err(|e| e.to_string())?;
+            println!("{s}");
+        } else {
+            print!("{}", human(&first));
+        }
         return Ok(0);
     }
+    let mut seen = vec![canonical(file)?];
+    let mut chain = vec![first];
+    while let Some(next) = chain.last().and_then(|i| i.full_backing_filename.clone()) {
+        let path = Path::new(&next);
+        let canon = canonical(path)?;
+        if seen.contains(&canon) {
+            return Err(format!("Backing file '{next}' creates an infinite loop."));
+        }
+        if seen.len() > kiln_block::MAX_CHAIN_DEPTH {
+            return Err(format!(
+                "{}: backing chain is deeper than {} images",
+                file.display(),
+                kiln_block::MAX_CHAIN_DEPTH
+            ));
+        }
+        seen.push(canon);
+        let fmt = chain.last().and_then(|i| i.backing_filename_format.clone());
+        chain.push(gather(fmt.as_deref(), path, share)?);
+    }
+    if output == "json" {
+        let s = serde_json::to_string_pretty(&chain).map_err(|e| e.to_string())?;
+        println!("{s}");
+    } else {
+        let blocks: Vec<String> = chain.iter().map(human).collect();
+        print!("{}", blocks.join("\n"));
+    }
+    Ok(0)
+}
+
+fn canonical(path: &Path) -> Result<std::path::PathBuf, String> {
+    std::fs::canonicalize(path).map_err(|e| format!("Could not open '{}': {e}", path.display()))
+}
+
+/// One image in qemu-img's human layout.
+fn human(i: &ImageInfo) -> String {
     let mut out = format!(
         "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
         i.filename,
@@ -210,6 +252,5 @@ pub(super) fn info(
             out += &format!("    extended l2: {e}\n");
         }
     }
-    print!("{out}");
-    Ok(0)
+    out
 }
