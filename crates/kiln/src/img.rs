@@ -11,6 +11,7 @@ mod check;
 mod commit;
 mod compare;
 mod compress;
+mod convert_backing;
 mod create;
 mod info;
 mod map;
@@ -111,6 +112,13 @@ pub enum ImgCommand {
         /// may then be inconsistent); read-only uses only.
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        /// Make the output an overlay of this backing file (qcow2, with -F), holding only
+        /// what the source's top image holds.
+        #[arg(short = 'B', value_name = "BACKING_FILE")]
+        backing: Option<String>,
+        /// Format of the -B backing file.
+        #[arg(short = 'F', value_name = "BACKING_FMT")]
+        backing_format: Option<String>,
         /// Source image.
         src: PathBuf,
         /// Output image (created or overwritten).
@@ -371,6 +379,8 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             compress,
             progress,
             force_share,
+            backing,
+            backing_format,
             src,
             dst,
         } => create::convert(create::ConvertArgs {
@@ -380,6 +390,8 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             compress,
             progress,
             share: share(force_share),
+            backing: backing.as_deref(),
+            backing_format: backing_format.as_deref(),
             src: &src,
             dst: &dst,
         }),

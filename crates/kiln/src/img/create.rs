@@ -143,6 +143,10 @@ pub(super) struct ConvertArgs<'a> {
     pub compress: bool,
     pub progress: bool,
     pub share: Share,
+    /// `-B`: make the output an overlay of this file, holding only the source's top image.
+    pub backing: Option<&'a str>,
+    /// `-F`: the format of `backing`.
+    pub backing_format: Option<&'a str>,
     pub src: &'a Path,
     pub dst: &'a Path,
 }
@@ -164,9 +168,21 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
     let size = src.size();
     let mut opts = CreateOptions::default();
     apply_options(out_format, a.options, &mut opts)?;
-    if opts.backing_file.is_some() {
-        return Err("convert does not support a backing file for the output yet".into());
+    if let Some(b) = a.backing {
+        opts.backing_file = Some(b.to_string());
     }
+    if let Some(f) = a.backing_format {
+        opts.backing_format = Some(f.to_string());
+    }
+    if opts.backing_file.is_some() && out_format != Format::Qcow2 {
+        return Err(format!(
+            "Backing file not supported for file format '{out_format}'"
+        ));
+    }
+    let backing_size = match &opts.backing_file {
+        Some(b) => Some(output_backing(a.dst, b, &opts, a.compress)?),
+        None => None,
+    };
     match out_format {
         Format::Raw => RawFile::create(a.dst, size),
         Format::Qcow2 => {
@@ -186,6 +202,15 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
         share: kiln_block::Share::Readers,
     };
     let mut dst = kiln_block::open(a.dst, &dopts).map_err(|e| e.to_string())?;
+    if let Some(backing_size) = backing_size {
+        return super::convert_backing::copy_top_layer(
+            src.as_mut(),
+            dst.as_mut(),
+            backing_size,
+            a.progress,
+        )
+        .map(|()| 0);
+    }
     // A reader thread fills chunks while this one writes the previous ones: the copy into
     // the page cache on each side is most of a convert's time, and runs on both cores.
     let (full_tx, full_rx) = mpsc::sync_channel::<Result<Chunk, String>>(PIPELINE);
@@ -252,6 +277,32 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
     progress.finish();
     dst.flush().map_err(|e| e.to_string())?;
     Ok(0)
+}
+
+/// Check the backing file `name` asked of convert's output `dst` (qcow2 only, with its
+/// format named, not with -c) and return its size.
+fn output_backing(
+    dst: &Path,
+    name: &str,
+    opts: &CreateOptions,
+    compress: bool,
+) -> Result<u64, String> {
+    let Some(fmt) = &opts.backing_format else {
+        return Err("Use of backing file requires explicit backing format (-F)".into());
+    };
+    if compress {
+        return Err("compression (-c) with a backing file (-B) is not supported".into());
+    }
+    let bopts = OpenOptions {
+        read_only: true,
+        format: Some(Format::from_name(fmt).map_err(|e| e.to_string())?),
+        no_backing: false,
+        share: Share::Readers,
+    };
+    let path = kiln_block::resolve_backing(dst, name);
+    let b = kiln_block::open(&path, &bopts)
+        .map_err(|e| format!("Could not open backing file '{name}': {e}"))?;
+    Ok(b.size())
 }
 
 /// qemu-img's `-p` progress line on stderr: the percentage done, redrawn when it changes.
