@@ -134,9 +134,19 @@ pub(crate) fn sync(file: &File) -> Result<()> {
     Ok(())
 }
 
-/// The file's length in bytes.
+/// The size of an image file, or of a block device (an LVM volume, a partition, a loop
+/// device), whose size `stat` does not give.
 pub(crate) fn file_len(file: &File) -> Result<u64> {
-    Ok(file.metadata().map_err(|e| Error::io("stat", e))?.len())
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
+    if meta.file_type().is_block_device() {
+        // The reads and writes are positioned (pread/pwrite), so moving the file
+        // position here changes nothing else.
+        let mut f: &File = file;
+        return std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))
+            .map_err(|e| Error::io("finding the size of the block device", e));
+    }
+    Ok(meta.len())
 }
 
 /// Deallocate `len` bytes at `offset` so they read as zeros, keeping the file size.

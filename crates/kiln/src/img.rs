@@ -119,6 +119,10 @@ pub enum ImgCommand {
         /// Format of the -B backing file.
         #[arg(short = 'F', value_name = "BACKING_FMT")]
         backing_format: Option<String>,
+        /// Write into the existing output image instead of creating it (implied when the
+        /// output is a block device); it must be at least as large as the source.
+        #[arg(short = 'n')]
+        no_create: bool,
         /// Source image.
         src: PathBuf,
         /// Output image (created or overwritten).
@@ -381,6 +385,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             force_share,
             backing,
             backing_format,
+            no_create,
             src,
             dst,
         } => create::convert(create::ConvertArgs {
@@ -392,6 +397,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             share: share(force_share),
             backing: backing.as_deref(),
             backing_format: backing_format.as_deref(),
+            no_create,
             src: &src,
             dst: &dst,
         }),

@@ -5,7 +5,7 @@ use super::{open_image, parse_format, parse_size};
 use kiln_block::qcow2::{self, Compression, CreateOptions, Prealloc};
 use kiln_block::raw::RawFile;
 use kiln_block::Share;
-use kiln_block::{Extent, Format, OpenOptions};
+use kiln_block::{BlockDevice, Extent, Format, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
@@ -147,6 +147,8 @@ pub(super) struct ConvertArgs<'a> {
     pub backing: Option<&'a str>,
     /// `-F`: the format of `backing`.
     pub backing_format: Option<&'a str>,
+    /// `-n`: write into the existing `dst` (implied for a block device).
+    pub no_create: bool,
     pub src: &'a Path,
     pub dst: &'a Path,
 }
@@ -183,7 +185,13 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
         Some(b) => Some(output_backing(a.dst, b, &opts, a.compress)?),
         None => None,
     };
+    // A block device (an LVM volume, a partition) is written where it is, as with -n.
+    let existing = a.no_create || is_block_device(a.dst);
+    if existing && (a.compress || backing_size.is_some() || !a.options.is_empty()) {
+        return Err("-n (or a block device as the output) cannot be used with -c, -B or -o".into());
+    }
     match out_format {
+        _ if existing => Ok(()),
         Format::Raw => RawFile::create(a.dst, size),
         Format::Qcow2 => {
             opts.size = size.div_ceil(512) * 512;
@@ -202,6 +210,13 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
         share: kiln_block::Share::Readers,
     };
     let mut dst = kiln_block::open(a.dst, &dopts).map_err(|e| e.to_string())?;
+    if dst.size() < size {
+        return Err(format!(
+            "{}: output file is smaller than input file ({} < {size} bytes)",
+            a.dst.display(),
+            dst.size()
+        ));
+    }
     if let Some(backing_size) = backing_size {
         return super::convert_backing::copy_top_layer(
             src.as_mut(),
@@ -258,12 +273,25 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
             let c = full_rx
                 .recv()
                 .map_err(|_| "the reader stopped".to_string())??;
-            if let Some((buf, runs)) = c.data {
-                for r in runs {
-                    dst.write_at(&buf[r.clone()], c.off + r.start as u64)
-                        .map_err(|e| e.to_string())?;
+            // A new image reads zeros where nothing is written; an existing one (-n)
+            // gets its zeros written.
+            let zeros = |dst: &mut dyn BlockDevice, off: u64, len: u64| match existing && len > 0 {
+                true => dst.write_zeroes(off, len).map_err(|e| e.to_string()),
+                false => Ok(()),
+            };
+            match c.data {
+                Some((buf, runs)) => {
+                    let mut at = 0u64;
+                    for r in runs {
+                        zeros(dst.as_mut(), c.off + at, r.start as u64 - at)?;
+                        dst.write_at(&buf[r.clone()], c.off + r.start as u64)
+                            .map_err(|e| e.to_string())?;
+                        at = r.end as u64;
+                    }
+                    zeros(dst.as_mut(), c.off + at, c.len - at)?;
+                    let _ = empty_tx.send(buf);
                 }
-                let _ = empty_tx.send(buf);
+                None => zeros(dst.as_mut(), c.off, c.len)?,
             }
             done = c.off + c.len;
             progress.at(done);
@@ -277,6 +305,11 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
     progress.finish();
     dst.flush().map_err(|e| e.to_string())?;
     Ok(0)
+}
+
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// Check the backing file `name` asked of convert's output `dst` (qcow2 only, with its

@@ -87,6 +87,18 @@ pub(crate) fn human_size(v: u64) -> String {
     format!("{s} {}B", UNITS[i])
 }
 
+/// A file's size; for a block device (whose `stat` size is 0), where its end is.
+fn byte_size(file: &Path, meta: &std::fs::Metadata) -> Result<u64, String> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.len());
+    }
+    std::fs::File::open(file)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
 fn gather(format: Option<&str>, file: &Path, share: Share) -> Result<ImageInfo, String> {
     let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let format = match parse_format(format)? {
@@ -97,7 +109,7 @@ fn gather(format: Option<&str>, file: &Path, share: Share) -> Result<ImageInfo, 
         backing_filename_format: None,
         snapshots: None,
         snapshot_table: None,
-        virtual_size: meta.len(),
+        virtual_size: byte_size(file, &meta)?,
         filename: file.display().to_string(),
         cluster_size: None,
         format: format.name(),
