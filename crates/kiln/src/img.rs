@@ -1,5 +1,5 @@
 //! `kiln img`: the disk-image tool (create, info, check, convert, bench, read, write,
-//! snapshot, resize, map, compare, commit, rebase), in the spirit of `qemu-img` and with
+//! snapshot, resize, map, measure, compare, commit, rebase), in the spirit of `qemu-img` and with
 //! its option names, on the `kiln-block` crate.
 //!
 //! Exit statuses: 0 success, 1 error (one line on stderr), and for `check` 2 (corruptions)
@@ -15,6 +15,7 @@ mod convert_backing;
 mod create;
 mod info;
 mod map;
+mod measure;
 mod rebase;
 mod resize;
 mod rw;
@@ -264,6 +265,30 @@ pub enum ImgCommand {
         #[arg(allow_hyphen_values = true)]
         size: String,
     },
+    /// How large a new image would be: for --size bytes, or holding FILE's data
+    /// (`measure [-O fmt] [-o opts] (--size N | [-f fmt] FILE)`), as `qemu-img measure`.
+    Measure {
+        /// The size of the new image (k/M/G/T suffixes).
+        #[arg(long)]
+        size: Option<String>,
+        /// The new image's format (default raw).
+        #[arg(short = 'O', default_value = "raw")]
+        out_format: String,
+        /// The new image's options, as for create.
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// FILE's format (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Output format: human or json.
+        #[arg(long, default_value = "human")]
+        output: String,
+        /// Force share: read FILE even while another process writes it.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
+        /// The image whose data the new image would hold.
+        file: Option<PathBuf>,
+    },
     /// Show where an image's data lives, as `qemu-img map` (depth: backing chain level).
     Map {
         /// Image format (default: probe).
@@ -485,6 +510,23 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             file,
             size,
         } => resize::resize(format.as_deref(), shrink, &file, &size),
+        ImgCommand::Measure {
+            size,
+            out_format,
+            options,
+            format,
+            output,
+            force_share,
+            file,
+        } => measure::measure(measure::MeasureArgs {
+            size: size.as_deref(),
+            out_format: &out_format,
+            options: &options,
+            format: format.as_deref(),
+            output: &output,
+            share: share(force_share),
+            file: file.as_deref(),
+        }),
         ImgCommand::Map {
             format,
             output,

@@ -56,7 +56,8 @@ fn bad<T>(msg: &str) -> Result<T> {
 }
 
 impl CreateOptions {
-    fn validate(&self) -> Result<()> {
+    /// Check the options, as qemu-img does before creating (or measuring) an image.
+    pub fn validate(&self) -> Result<()> {
         let cs = self.cluster_size;
         if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
             return bad("cluster size must be a power of two between 512 and 2097152");

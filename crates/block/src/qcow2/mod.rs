@@ -25,6 +25,7 @@ mod compress;
 mod create;
 pub mod header;
 mod header_update;
+pub mod measure;
 mod meta_cache;
 mod prealloc;
 mod refcount;

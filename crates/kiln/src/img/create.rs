@@ -21,7 +21,7 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
 }
 
 /// Apply `-o name=value,...` options to `opts` (and the backing fields).
-fn apply_options(
+pub(super) fn apply_options(
     format: Format,
     options: &[String],
     opts: &mut CreateOptions,
