@@ -1,5 +1,5 @@
 //! `kiln img`: the disk-image tool (create, info, check, convert, bench, read, write,
-//! snapshot, resize, map, measure, compare, commit, rebase), in the spirit of `qemu-img` and with
+//! snapshot, resize, map, measure, dd, compare, commit, rebase), in the spirit of `qemu-img` and with
 //! its option names, on the `kiln-block` crate.
 //!
 //! Exit statuses: 0 success, 1 error (one line on stderr), and for `check` 2 (corruptions)
@@ -13,6 +13,7 @@ mod compare;
 mod compress;
 mod convert_backing;
 mod create;
+mod dd;
 mod info;
 mod map;
 mod measure;
@@ -289,6 +290,25 @@ pub enum ImgCommand {
         /// The image whose data the new image would hold.
         file: Option<PathBuf>,
     },
+    /// Copy part of an image into a new one, as `qemu-img dd`:
+    /// `dd [-f fmt] [-O fmt] [bs=SIZE] [count=N] [skip=N] if=INPUT of=OUTPUT`.
+    ///
+    /// bs defaults to 512. As qemu-img, count includes the skipped blocks: the output is
+    /// count - skip blocks long (or the rest of the input, if shorter).
+    Dd {
+        /// Input format (default: probe).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Output format (default raw).
+        #[arg(short = 'O', default_value = "raw")]
+        out_format: String,
+        /// Force share: read the input even while another process writes it.
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
+        /// dd operands: if=, of=, bs=, count=, skip=.
+        #[arg(required = true)]
+        operands: Vec<String>,
+    },
     /// Show where an image's data lives, as `qemu-img map` (depth: backing chain level).
     Map {
         /// Image format (default: probe).
@@ -526,6 +546,17 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             output: &output,
             share: share(force_share),
             file: file.as_deref(),
+        }),
+        ImgCommand::Dd {
+            format,
+            out_format,
+            force_share,
+            operands,
+        } => dd::dd(dd::DdArgs {
+            format: format.as_deref(),
+            out_format: &out_format,
+            share: share(force_share),
+            operands: &operands,
         }),
         ImgCommand::Map {
             format,
