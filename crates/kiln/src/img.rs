@@ -1,11 +1,12 @@
 //! `kiln img`: the disk-image tool (create, info, check, convert, bench, read, write,
-//! snapshot, resize, map, measure, dd, compare, commit, rebase), in the spirit of `qemu-img` and with
+//! snapshot, resize, amend, map, measure, dd, compare, commit, rebase), in the spirit of `qemu-img` and with
 //! its option names, on the `kiln-block` crate.
 //!
 //! Exit statuses: 0 success, 1 error (one line on stderr), and for `check` 2 (corruptions)
 //! or 3 (leaked clusters only), as qemu-img; `compare` exits 0 (identical), 1 (different)
 //! or 2 (error).
 
+mod amend;
 mod bench;
 mod check;
 mod commit;
@@ -309,6 +310,21 @@ pub enum ImgCommand {
         #[arg(required = true)]
         operands: Vec<String>,
     },
+    /// Change a qcow2 image's options in place, as `qemu-img amend`:
+    /// `amend [-f qcow2] -o compat=0.10|1.1,lazy_refcounts=on|off,size=SIZE FILE`.
+    Amend {
+        /// Image format (default: probe; only qcow2 can be amended).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Options to change, `name=value,...` (may be repeated).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// Quiet (accepted for qemu-img compatibility; success prints nothing anyway).
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// The image.
+        file: PathBuf,
+    },
     /// Show where an image's data lives, as `qemu-img map` (depth: backing chain level).
     Map {
         /// Image format (default: probe).
@@ -558,6 +574,12 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             share: share(force_share),
             operands: &operands,
         }),
+        ImgCommand::Amend {
+            format,
+            options,
+            quiet: _,
+            file,
+        } => amend::amend(format.as_deref(), &options, &file),
         ImgCommand::Map {
             format,
             output,

@@ -19,6 +19,7 @@
 //!
 //! Lazy refcounts, dirty images and refcount repair: see [`repair`].
 
+mod amend;
 mod cache;
 pub mod check;
 mod compress;
@@ -38,6 +39,7 @@ mod unmap;
 mod write;
 mod write_extl2;
 
+pub use amend::AmendOptions;
 pub use create::{create, CreateOptions};
 pub use header::{Compression, Header};
 pub use prealloc::Prealloc;
