@@ -20,7 +20,7 @@ mod status;
 
 pub use error::{Error, Result};
 pub use lock::Share;
-pub use open::{open, probe, resolve_backing, OpenOptions, MAX_CHAIN_DEPTH};
+pub use open::{open, open_snapshot, probe, resolve_backing, OpenOptions, MAX_CHAIN_DEPTH};
 pub use status::{
     backing_chain, chain_status, open_qcow2_rw, resize_image, BlockStatus, ChainLink,
 };

@@ -58,6 +58,29 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn BlockDevice>> {
     open_chain(path, opts, 0, &mut seen)
 }
 
+/// Open the internal snapshot `snapshot` (ID or name) of the qcow2 image at `path`,
+/// read-only, with the image's backing chain: its disk as it was when the snapshot was
+/// taken (see [`Qcow2::view_snapshot`]).
+pub fn open_snapshot(path: &Path, snapshot: &str, share: Share) -> Result<Box<dyn BlockDevice>> {
+    let mut img = Qcow2::open_shared(path, true, share)?;
+    img.view_snapshot(snapshot)
+        .map_err(|e| e.context(&path.display().to_string()))?;
+    if let Some(name) = img.backing_file().map(str::to_owned) {
+        let fmt = img.backing_format().map(str::to_owned);
+        let canon =
+            std::fs::canonicalize(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+        img.set_backing(open_backing(
+            path,
+            &name,
+            fmt.as_deref(),
+            share,
+            1,
+            &mut vec![canon],
+        )?);
+    }
+    Ok(Box::new(img))
+}
+
 /// Where a backing file name stored in `overlay` points: relative names are relative to
 /// the overlay's directory.
 pub fn resolve_backing(overlay: &Path, name: &str) -> PathBuf {

@@ -126,6 +126,16 @@ pub enum ImgCommand {
         /// output is a block device); it must be at least as large as the source.
         #[arg(short = 'n')]
         no_create: bool,
+        /// Copy this internal snapshot (ID or name) of the qcow2 source.
+        #[arg(
+            short = 's',
+            value_name = "SNAPSHOT",
+            conflicts_with = "snapshot_param"
+        )]
+        snapshot: Option<String>,
+        /// Copy an internal snapshot: `snapshot.id=ID`, `snapshot.name=NAME` or ID_OR_NAME.
+        #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
+        snapshot_param: Option<String>,
         /// Source image.
         src: PathBuf,
         /// Output image (created or overwritten).
@@ -447,21 +457,31 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             backing,
             backing_format,
             no_create,
+            snapshot,
+            snapshot_param,
             src,
             dst,
-        } => create::convert(create::ConvertArgs {
-            format: format.as_deref(),
-            out_format: &out_format,
-            options: &options,
-            compress,
-            progress,
-            share: share(force_share),
-            backing: backing.as_deref(),
-            backing_format: backing_format.as_deref(),
-            no_create,
-            src: &src,
-            dst: &dst,
-        }),
+        } => {
+            let snapshot = match (snapshot, snapshot_param) {
+                (Some(s), _) => Some(s),
+                (None, Some(p)) => Some(snapshot_from_param(&p)?),
+                (None, None) => None,
+            };
+            create::convert(create::ConvertArgs {
+                format: format.as_deref(),
+                out_format: &out_format,
+                options: &options,
+                compress,
+                progress,
+                share: share(force_share),
+                backing: backing.as_deref(),
+                backing_format: backing_format.as_deref(),
+                no_create,
+                snapshot: snapshot.as_deref(),
+                src: &src,
+                dst: &dst,
+            })
+        }
         ImgCommand::Bench {
             format,
             cache,
@@ -620,6 +640,29 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             backing_format.as_deref(),
             &file,
         ),
+    }
+}
+
+/// The snapshot a `-l` parameter names: `snapshot.id=ID`, `snapshot.name=NAME` (either,
+/// or both naming the same one) or a plain ID or name.
+fn snapshot_from_param(p: &str) -> Result<String, String> {
+    if !p.contains('=') {
+        return Ok(p.to_string());
+    }
+    let (mut id, mut name) = (None, None);
+    for kv in p.split(',') {
+        match kv.split_once('=') {
+            Some(("snapshot.id", v)) => id = Some(v),
+            Some(("snapshot.name", v)) => name = Some(v),
+            _ => return Err(format!("Invalid snapshot parameter '{kv}'")),
+        }
+    }
+    match (id, name) {
+        (Some(i), Some(n)) if i != n => Err(format!(
+            "snapshot.id={i} and snapshot.name={n}: give one of them"
+        )),
+        (Some(v), _) | (_, Some(v)) => Ok(v.to_string()),
+        (None, None) => Err(format!("Invalid snapshot parameter '{p}'")),
     }
 }
 

@@ -255,7 +255,10 @@ fn amend_survives_sigkill_at_every_metadata_write() {
             );
             if status.success() {
                 assert!(n > 1, "amend wrote no metadata");
-                eprintln!("compat={compat}: killed at each of {} metadata writes", n - 1);
+                eprintln!(
+                    "compat={compat}: killed at each of {} metadata writes",
+                    n - 1
+                );
                 let info = qemu("qemu-img", &["info", &work]);
                 assert!(info.contains(&format!("compat: {compat}")), "{info}");
                 finished = true;

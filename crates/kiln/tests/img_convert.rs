@@ -1,4 +1,4 @@
-//! `kiln img convert` into overlays and existing images:
+//! `kiln img convert` into overlays and existing images, and from internal snapshots:
 //! - `-B BACKING -F FMT`: the output is an overlay of BACKING holding only what the
 //!   source's top image holds. Each case runs qemu-img's own `convert -B` on the same
 //!   source: both outputs read the same as the source (`qemu-img compare`), pass
@@ -347,4 +347,110 @@ fn convert_n_and_block_devices_overwrite_in_place() {
     ])
     .expect_error("cannot be used with -c, -B or -o");
     assert_eq!(std::fs::metadata(p("small.raw")).unwrap().len(), 1 << 20);
+}
+
+/// `convert -s NAME` and `-l snapshot.id=ID|snapshot.name=NAME`: the disk as it was when
+/// the snapshot was taken (the image has grown and changed since), byte for byte what
+/// qemu-img's `convert -l` gives; a missing snapshot or a raw source is one line.
+#[test]
+fn convert_from_an_internal_snapshot_equals_qemu_img() {
+    let s = Scratch::new();
+    let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
+    let img = p("snap.qcow2");
+    qemu("qemu-img", &["create", "-q", "-f", "qcow2", &img, "2M"]);
+    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 64k", &img]);
+    qemu("qemu-img", &["snapshot", "-c", "first", &img]);
+    qemu("qemu-img", &["resize", "-q", &img, "4M"]);
+    qemu(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 2 0 64k",
+            "-c",
+            "write -P 3 3M 64k",
+            &img,
+        ],
+    );
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-l",
+            "snapshot.name=first",
+            "-O",
+            "raw",
+            &img,
+            &p("want.raw"),
+        ],
+    );
+    let want = std::fs::read(p("want.raw")).unwrap();
+    assert!(
+        want[..65536].iter().all(|&b| b == 1),
+        "qemu-img's view of the snapshot"
+    );
+    for sel in [
+        vec!["-s", "first"],
+        vec!["-l", "snapshot.id=1"],
+        vec!["-l", "snapshot.name=first"],
+        vec!["-l", "first"],
+    ] {
+        let out = p("got.raw");
+        let _ = std::fs::remove_file(&out);
+        let mut args = vec!["img", "convert"];
+        args.extend(&sel);
+        args.extend(["-O", "raw", img.as_str(), out.as_str()]);
+        run(&args).expect_code(0);
+        assert!(std::fs::read(&out).unwrap() == want, "{sel:?}");
+    }
+    // Into qcow2 too, and the image itself is untouched (its current data).
+    run(&[
+        "img",
+        "convert",
+        "-s",
+        "first",
+        "-O",
+        "qcow2",
+        &img,
+        &p("got.qcow2"),
+    ])
+    .expect_code(0);
+    assert!(qemu("qemu-img", &["compare", &p("got.qcow2"), &p("want.raw")]).contains("identical"));
+    qemu("qemu-io", &["-f", "qcow2", "-c", "read -P 2 0 64k", &img]);
+
+    run(&[
+        "img",
+        "convert",
+        "-s",
+        "nope",
+        "-O",
+        "raw",
+        &img,
+        &p("x.raw"),
+    ])
+    .expect_error("Can't find snapshot 'nope'");
+    run(&[
+        "img",
+        "convert",
+        "-s",
+        "first",
+        "-O",
+        "raw",
+        &p("want.raw"),
+        &p("x.raw"),
+    ])
+    .expect_error("only qcow2 images have internal snapshots");
+    run(&[
+        "img",
+        "convert",
+        "-l",
+        "snapshot.foo=1",
+        "-O",
+        "raw",
+        &img,
+        &p("x.raw"),
+    ])
+    .expect_error("Invalid snapshot parameter");
+    assert!(!std::path::Path::new(&p("x.raw")).exists());
 }

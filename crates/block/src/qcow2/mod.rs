@@ -34,6 +34,7 @@ pub mod repair;
 mod resize;
 pub mod snapshot;
 mod snapshot_ops;
+mod snapshot_view;
 mod status;
 mod unmap;
 mod write;

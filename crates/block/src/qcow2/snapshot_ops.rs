@@ -247,7 +247,7 @@ impl Qcow2 {
     }
 
     /// Read and check a snapshot's L1 table.
-    fn snapshot_l1(&mut self, sn: &Snapshot) -> Result<Vec<u64>> {
+    pub(super) fn snapshot_l1(&mut self, sn: &Snapshot) -> Result<Vec<u64>> {
         let flen = file_len(&self.file)?;
         sn.validate_l1(self.cluster_size, flen)?;
         let mut buf = vec![0u8; sn.l1_size as usize * 8];

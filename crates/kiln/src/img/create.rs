@@ -149,6 +149,8 @@ pub(super) struct ConvertArgs<'a> {
     pub backing_format: Option<&'a str>,
     /// `-n`: write into the existing `dst` (implied for a block device).
     pub no_create: bool,
+    /// `-s`/`-l`: copy this internal snapshot (ID or name) of a qcow2 source.
+    pub snapshot: Option<&'a str>,
     pub src: &'a Path,
     pub dst: &'a Path,
 }
@@ -166,7 +168,22 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
             "compression (-c) is not supported for the {out_format} format"
         ));
     }
-    let mut src = open_image(a.src, a.format, true, a.share)?;
+    let mut src = match a.snapshot {
+        Some(snap) => {
+            let fmt = match a.format {
+                Some(f) => Format::from_name(f).map_err(|e| e.to_string())?,
+                None => kiln_block::probe(a.src).map_err(|e| e.to_string())?,
+            };
+            if fmt != Format::Qcow2 {
+                return Err(format!(
+                    "{}: only qcow2 images have internal snapshots (this one is {fmt})",
+                    a.src.display()
+                ));
+            }
+            kiln_block::open_snapshot(a.src, snap, a.share).map_err(|e| e.to_string())?
+        }
+        None => open_image(a.src, a.format, true, a.share)?,
+    };
     let size = src.size();
     let mut opts = CreateOptions::default();
     apply_options(out_format, a.options, &mut opts)?;
