@@ -31,6 +31,62 @@ use std::path::{Path, PathBuf};
 /// buffer of this size at most. Convert and preallocation use 2 MiB steps of their own.
 const IO_CHUNK: u64 = 1 << 20;
 
+/// Options qemu-img takes on many subcommands that do not change what Kiln produces,
+/// accepted so that pasted qemu-img command lines work.
+#[derive(clap::Args, Debug, Default)]
+pub struct Compat {
+    /// Quiet: print nothing on success (errors still go to stderr).
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Cache mode of the image written (none, writeback, writethrough, directsync,
+    /// unsafe): accepted; Kiln writes through the page cache and flushes before it exits.
+    #[arg(short = 't', value_name = "CACHE")]
+    cache: Option<String>,
+    /// Cache mode of the images read: accepted, as -t.
+    #[arg(short = 'T', value_name = "SRC_CACHE")]
+    src_cache: Option<String>,
+    /// Show progress (accepted; these commands finish without a progress line).
+    #[arg(short = 'p')]
+    progress: bool,
+}
+
+impl Compat {
+    /// Check the cache mode names; with -q, send stdout to /dev/null.
+    fn apply(&self) -> Result<(), String> {
+        for c in [&self.cache, &self.src_cache].into_iter().flatten() {
+            check_cache_mode(c)?;
+        }
+        if self.quiet {
+            silence_stdout()?;
+        }
+        Ok(())
+    }
+}
+
+/// Accept the cache modes qemu-img knows.
+fn check_cache_mode(c: &str) -> Result<(), String> {
+    match c {
+        "none" | "writeback" | "writethrough" | "directsync" | "unsafe" | "off" => Ok(()),
+        _ => Err(format!("Invalid cache option: {c}")),
+    }
+}
+
+/// `-q`: what the command would print on success goes to /dev/null.
+fn silence_stdout() -> Result<(), String> {
+    use std::os::unix::io::AsRawFd;
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    // SAFETY: dup2 takes two descriptors this process owns (/dev/null, open above, and
+    // standard output) and atomically makes descriptor 1 refer to /dev/null.
+    let r = unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    if r < 0 {
+        return Err(format!("-q: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// `kiln img` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ImgCommand {
@@ -53,6 +109,11 @@ pub enum ImgCommand {
         /// Backing file format.
         #[arg(short = 'F')]
         backing_format: Option<String>,
+        /// Unsafe: do not open the backing file (SIZE must be given).
+        #[arg(short = 'u')]
+        unsafe_backing: bool,
+        #[command(flatten)]
+        compat: Compat,
         /// The image to create.
         file: PathBuf,
         /// Virtual size.
@@ -91,6 +152,8 @@ pub enum ImgCommand {
         /// may then be inconsistent); read-only uses only.
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        #[command(flatten)]
+        compat: Compat,
         /// The image.
         file: PathBuf,
     },
@@ -136,6 +199,31 @@ pub enum ImgCommand {
         /// Copy an internal snapshot: `snapshot.id=ID`, `snapshot.name=NAME` or ID_OR_NAME.
         #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
         snapshot_param: Option<String>,
+        /// Quiet: no progress line.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Output cache mode (accepted).
+        #[arg(short = 't', value_name = "CACHE")]
+        cache: Option<String>,
+        /// Source cache mode (accepted).
+        #[arg(short = 'T', value_name = "SRC_CACHE")]
+        src_cache: Option<String>,
+        /// Out-of-order writes (accepted; Kiln writes in order).
+        #[arg(short = 'W')]
+        out_of_order: bool,
+        /// Parallel requests, 1-16 (accepted; Kiln reads ahead on one thread).
+        #[arg(short = 'm', value_name = "N")]
+        parallel: Option<u32>,
+        /// Copy offloading (accepted; Kiln copies through memory).
+        #[arg(short = 'C')]
+        copy_offload: bool,
+        /// Bytes of zeros a run must have to stay sparse in the output (a multiple of
+        /// 512; 0: allocate everything). Default 64k.
+        #[arg(short = 'S', value_name = "SPARSE_SIZE")]
+        sparse_size: Option<String>,
+        /// With -n: the existing output already reads as zeros (zeros are not written).
+        #[arg(long = "target-is-zero", requires = "no_create")]
+        target_is_zero: bool,
         /// Source image.
         src: PathBuf,
         /// Output image (created or overwritten).
@@ -271,6 +359,8 @@ pub enum ImgCommand {
         /// Allow making the image smaller (data past the new end is lost).
         #[arg(long)]
         shrink: bool,
+        #[command(flatten)]
+        compat: Compat,
         /// The image.
         file: PathBuf,
         /// New size, or +SIZE / -SIZE relative to the current one.
@@ -365,6 +455,8 @@ pub enum ImgCommand {
         /// may then be inconsistent); read-only uses only.
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        #[command(flatten)]
+        compat: Compat,
         /// First image.
         file1: PathBuf,
         /// Second image.
@@ -381,6 +473,8 @@ pub enum ImgCommand {
         /// Keep the overlay's data (do not empty it).
         #[arg(short = 'd')]
         drop: bool,
+        #[command(flatten)]
+        compat: Compat,
         /// The overlay.
         file: PathBuf,
     },
@@ -398,6 +492,8 @@ pub enum ImgCommand {
         /// New backing file's format.
         #[arg(short = 'F')]
         backing_format: Option<String>,
+        #[command(flatten)]
+        compat: Compat,
         /// The image.
         file: PathBuf,
     },
@@ -411,16 +507,22 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             options,
             backing,
             backing_format,
+            unsafe_backing,
+            compat,
             file,
             size,
-        } => create::create(
-            &format,
-            &options,
-            backing,
-            backing_format,
-            &file,
-            size.as_deref(),
-        ),
+        } => {
+            compat.apply()?;
+            create::create(create::CreateArgs {
+                format: &format,
+                options: &options,
+                backing,
+                backing_format,
+                unsafe_backing,
+                file: &file,
+                size: size.as_deref(),
+            })
+        }
         ImgCommand::Info {
             format,
             output,
@@ -439,14 +541,17 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             repair,
             output,
             force_share,
+            compat,
             file,
-        } => check::check(
-            format.as_deref(),
-            repair.as_deref(),
-            &output,
-            &file,
-            share(force_share),
-        ),
+        } => compat.apply().and_then(|()| {
+            check::check(
+                format.as_deref(),
+                repair.as_deref(),
+                &output,
+                &file,
+                share(force_share),
+            )
+        }),
         ImgCommand::Convert {
             format,
             out_format,
@@ -459,9 +564,31 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             no_create,
             snapshot,
             snapshot_param,
+            quiet,
+            cache,
+            src_cache,
+            out_of_order: _,
+            parallel,
+            copy_offload: _,
+            sparse_size,
+            target_is_zero,
             src,
             dst,
         } => {
+            for c in [&cache, &src_cache].into_iter().flatten() {
+                check_cache_mode(c)?;
+            }
+            if parallel.is_some_and(|m| !(1..=16).contains(&m)) {
+                return Err("-m: the number of parallel requests must be 1 to 16".into());
+            }
+            let sparse = match sparse_size.as_deref().map(parse_size).transpose()? {
+                Some(n) if !n.is_multiple_of(512) || n > 16 << 20 => {
+                    return Err(format!(
+                        "Invalid buffer size for sparse output specified: {n} (multiples of 512 up to 16M)"
+                    ))
+                }
+                other => other,
+            };
             let snapshot = match (snapshot, snapshot_param) {
                 (Some(s), _) => Some(s),
                 (None, Some(p)) => Some(snapshot_from_param(&p)?),
@@ -472,12 +599,14 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
                 out_format: &out_format,
                 options: &options,
                 compress,
-                progress,
+                progress: progress && !quiet,
                 share: share(force_share),
                 backing: backing.as_deref(),
                 backing_format: backing_format.as_deref(),
                 no_create,
                 snapshot: snapshot.as_deref(),
+                sparse,
+                target_is_zero,
                 src: &src,
                 dst: &dst,
             })
@@ -563,9 +692,13 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
         ImgCommand::Resize {
             format,
             shrink,
+            compat,
             file,
             size,
-        } => resize::resize(format.as_deref(), shrink, &file, &size),
+        } => {
+            compat.apply()?;
+            resize::resize(format.as_deref(), shrink, &file, &size)
+        }
         ImgCommand::Measure {
             size,
             out_format,
@@ -611,35 +744,46 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             format2,
             strict,
             force_share,
+            compat,
             file1,
             file2,
-        } => Ok(compare::compare(
-            format.as_deref(),
-            format2.as_deref(),
-            strict,
-            &file1,
-            &file2,
-            share(force_share),
-        )),
+        } => compat.apply().map(|()| {
+            compare::compare(
+                format.as_deref(),
+                format2.as_deref(),
+                strict,
+                &file1,
+                &file2,
+                share(force_share),
+            )
+        }),
         ImgCommand::Commit {
             format,
             base,
             drop,
+            compat,
             file,
-        } => commit::commit(format.as_deref(), base.as_deref(), drop, &file),
+        } => {
+            compat.apply()?;
+            commit::commit(format.as_deref(), base.as_deref(), drop, &file)
+        }
         ImgCommand::Rebase {
             format,
             unsafe_mode,
             backing,
             backing_format,
+            compat,
             file,
-        } => rebase::rebase(
-            format.as_deref(),
-            unsafe_mode,
-            &backing,
-            backing_format.as_deref(),
-            &file,
-        ),
+        } => {
+            compat.apply()?;
+            rebase::rebase(
+                format.as_deref(),
+                unsafe_mode,
+                &backing,
+                backing_format.as_deref(),
+                &file,
+            )
+        }
     }
 }
 

@@ -294,3 +294,143 @@ fn img_read_and_write_at_offsets_match_qemu_io() {
     assert!(out.status.success());
     assert!(out.stdout == w[0x1fe0..0x1fe0 + 65536], "img read differs");
 }
+
+/// qemu-img's other spellings work as pasted: -q silences what succeeds (errors still
+/// print), cache modes and parallelism options are accepted and checked, `create -u`
+/// records a backing file without opening it, and `convert -S` sets how long a run of
+/// zeros must be to stay sparse (`-S 0`: everything allocated, as qemu-img's file).
+#[test]
+fn qemu_img_option_spellings_are_accepted() {
+    let s = Scratch::new();
+    let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
+    let src = p("src.raw");
+    qemu("qemu-img", &["create", "-q", "-f", "raw", &src, "4M"]);
+    qemu(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 0 4k",
+            "-c",
+            "write -P 2 1M 4k",
+            &src,
+        ],
+    );
+    let img = p("q.qcow2");
+    for args in [
+        vec!["create", "-q", "-f", "qcow2", &img, "4M"],
+        vec!["check", "-q", &img],
+        vec!["resize", "-q", &img, "8M"],
+        vec!["compare", "-q", "-T", "none", &src, &src],
+        vec![
+            "convert",
+            "-q",
+            "-p",
+            "-t",
+            "none",
+            "-T",
+            "writeback",
+            "-W",
+            "-m",
+            "8",
+            "-C",
+            "-O",
+            "qcow2",
+            &src,
+            &p("c.qcow2"),
+        ],
+    ] {
+        let mut a = vec!["img"];
+        a.extend(&args);
+        let r = run(&a);
+        r.expect_code(0);
+        assert_eq!(r.stdout, "", "{args:?} with -q printed");
+        assert_eq!(r.stderr, "", "{args:?} with -q printed");
+    }
+    assert!(qemu("qemu-img", &["compare", &src, &p("c.qcow2")]).contains("identical"));
+    // Failures still say why.
+    run(&["img", "check", "-q", &p("missing.qcow2")]).expect_error("missing.qcow2");
+    run(&[
+        "img",
+        "convert",
+        "-t",
+        "bogus",
+        "-O",
+        "raw",
+        &src,
+        &p("x.raw"),
+    ])
+    .expect_error("Invalid cache option: bogus");
+    run(&["img", "convert", "-m", "20", "-O", "raw", &src, &p("x.raw")])
+        .expect_error("parallel requests");
+    run(&[
+        "img",
+        "convert",
+        "-S",
+        "1000",
+        "-O",
+        "raw",
+        &src,
+        &p("x.raw"),
+    ])
+    .expect_error("sparse output");
+
+    // -S 0: the output is fully allocated, the same file size as qemu-img's.
+    run(&[
+        "img",
+        "convert",
+        "-S",
+        "0",
+        "-O",
+        "qcow2",
+        &src,
+        &p("full.qcow2"),
+    ])
+    .expect_code(0);
+    qemu(
+        "qemu-img",
+        &["convert", "-S", "0", "-O", "qcow2", &src, &p("qfull.qcow2")],
+    );
+    let len = |f: &str| std::fs::metadata(p(f)).unwrap().len();
+    assert_eq!(len("full.qcow2"), len("qfull.qcow2"));
+    let map = qemu("qemu-img", &["map", "--output", "json", &p("full.qcow2")]);
+    assert!(!map.contains("\"data\": false"), "{map}");
+
+    // create -u: the backing file is not opened, so it need not exist yet.
+    run(&[
+        "img",
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "later.qcow2",
+        "-F",
+        "qcow2",
+        &p("u.qcow2"),
+        "1M",
+    ])
+    .expect_code(0);
+    let info = qemu(
+        "qemu-img",
+        &["info", "-U", "--output", "json", &p("u.qcow2")],
+    );
+    assert!(
+        info.contains("\"backing-filename\": \"later.qcow2\""),
+        "{info}"
+    );
+    run(&[
+        "img",
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "later.qcow2",
+        "-F",
+        "qcow2",
+        &p("v.qcow2"),
+    ])
+    .expect_error("size must be given with -u");
+}

@@ -69,15 +69,29 @@ pub(super) fn apply_options(
     Ok(())
 }
 
+/// The arguments of `kiln img create`.
+pub(super) struct CreateArgs<'a> {
+    pub format: &'a str,
+    pub options: &'a [String],
+    pub backing: Option<String>,
+    pub backing_format: Option<String>,
+    /// `-u`: do not open the backing file.
+    pub unsafe_backing: bool,
+    pub file: &'a Path,
+    pub size: Option<&'a str>,
+}
+
 /// `kiln img create`.
-pub(super) fn create(
-    format: &str,
-    options: &[String],
-    backing: Option<String>,
-    backing_format: Option<String>,
-    file: &Path,
-    size: Option<&str>,
-) -> Result<u8, String> {
+pub(super) fn create(a: CreateArgs<'_>) -> Result<u8, String> {
+    let CreateArgs {
+        format,
+        options,
+        backing,
+        backing_format,
+        unsafe_backing,
+        file,
+        size,
+    } = a;
     let format = Format::from_name(format).map_err(|e| e.to_string())?;
     let mut opts = CreateOptions {
         size: u64::MAX,
@@ -96,7 +110,10 @@ pub(super) fn create(
     if opts.backing_file.is_some() && format == Format::Raw {
         return Err("raw images cannot have a backing file".into());
     }
-    if let Some(name) = opts.backing_file.clone() {
+    if unsafe_backing && opts.backing_file.is_some() && opts.size == u64::MAX {
+        return Err("image size must be given with -u (the backing file is not opened)".into());
+    }
+    if let Some(name) = opts.backing_file.clone().filter(|_| !unsafe_backing) {
         // The backing file must open; its size is the default size.
         let bpath = kiln_block::resolve_backing(file, &name);
         let bfmt = parse_format(opts.backing_format.as_deref())?;
@@ -151,11 +168,15 @@ pub(super) struct ConvertArgs<'a> {
     pub no_create: bool,
     /// `-s`/`-l`: copy this internal snapshot (ID or name) of a qcow2 source.
     pub snapshot: Option<&'a str>,
+    /// `-S`: zero runs at least this long stay sparse (None: the default; 0: none do).
+    pub sparse: Option<u64>,
+    /// `--target-is-zero` (with -n): the existing output reads as zeros already.
+    pub target_is_zero: bool,
     pub src: &'a Path,
     pub dst: &'a Path,
 }
 
-/// Granularity at which zero runs are skipped in the output.
+/// Granularity at which zero runs are skipped in the output (-S changes it).
 const ZERO_GRAIN: usize = 64 << 10;
 /// Bytes copied per step.
 const CHUNK: u64 = 2 << 20;
@@ -250,6 +271,12 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
     for _ in 0..PIPELINE + 1 {
         let _ = empty_tx.send(vec![0u8; CHUNK as usize]);
     }
+    // -S: zero runs shorter than `grain` are written as data; -S 0 writes everything.
+    let full = a.sparse == Some(0);
+    let grain = a
+        .sparse
+        .filter(|&g| g > 0)
+        .map_or(ZERO_GRAIN, |g| g as usize);
     let reader = std::thread::spawn(move || {
         let mut off = 0u64;
         while off < size {
@@ -258,7 +285,7 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
                     .extent(off, (size - off).min(CHUNK))
                     .map_err(|e| e.to_string())?;
                 let n = n.max(1);
-                let data = if kind == Extent::Zero {
+                let data = if kind == Extent::Zero && !full {
                     None
                 } else {
                     let mut buf = empty_rx.recv().map_err(|_| "convert stopped".to_string())?;
@@ -266,10 +293,14 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
                         .map_err(|e| e.to_string())?;
                     // The zero test here, not in the writer: writing is the slower half.
                     let mut runs = Vec::new();
-                    for_data_runs(&buf[..n as usize], ZERO_GRAIN, |r| {
-                        runs.push(r);
-                        Ok(())
-                    })?;
+                    if full {
+                        runs.push(0..n as usize);
+                    } else {
+                        for_data_runs(&buf[..n as usize], grain, |r| {
+                            runs.push(r);
+                            Ok(())
+                        })?;
+                    }
                     Some((buf, runs))
                 };
                 Ok(Chunk { off, len: n, data })
@@ -291,8 +322,10 @@ pub(super) fn convert(a: ConvertArgs<'_>) -> Result<u8, String> {
                 .recv()
                 .map_err(|_| "the reader stopped".to_string())??;
             // A new image reads zeros where nothing is written; an existing one (-n)
-            // gets its zeros written.
-            let zeros = |dst: &mut dyn BlockDevice, off: u64, len: u64| match existing && len > 0 {
+            // gets its zeros written, unless it is known to read as zeros.
+            let write_zeros = existing && !a.target_is_zero;
+            let zeros = |dst: &mut dyn BlockDevice, off: u64, len: u64| match write_zeros && len > 0
+            {
                 true => dst.write_zeroes(off, len).map_err(|e| e.to_string()),
                 false => Ok(()),
             };
