@@ -41,7 +41,7 @@ enum Command {
     Img {
         /// What to do.
         #[command(subcommand)]
-        command: crate::img::ImgCommand,
+        command: Box<crate::img::ImgCommand>,
     },
     /// QEMU's classic command line (-m, -smp, -kernel, -append, -hda, -no-acpi, ...),
     /// translated into `kiln run`; `kiln kvm -help` lists what it takes.
@@ -497,7 +497,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 pub fn execute(cli: Cli, start: std::time::Instant) -> Result<u8, String> {
     match cli.command {
         Command::Run(args) => run(*args, start),
-        Command::Img { command } => crate::img::execute(command),
+        Command::Img { command } => crate::img::execute(*command),
         Command::Kvm { args } => classic(&args, start),
     }
 }

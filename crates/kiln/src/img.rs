@@ -90,7 +90,9 @@ fn silence_stdout() -> Result<(), String> {
 /// `kiln img` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ImgCommand {
-    /// Create an image: `create [-f raw|qcow2] [-o opts] [-b backing [-F fmt]] FILE [SIZE]`.
+    /// Create an image.
+    ///
+    /// `create [-f raw|qcow2] [-o opts] [-b backing [-F fmt]] [-u] FILE [SIZE]`.
     ///
     /// qcow2 options (-o, comma-separated): cluster_size, compat (0.10 or 1.1),
     /// lazy_refcounts (on/off), refcount_bits, extended_l2, compression_type (zlib,
@@ -290,7 +292,8 @@ pub enum ImgCommand {
         /// Bytes to read.
         length: String,
     },
-    /// List, create, apply or delete qcow2 internal snapshots:
+    /// List, create, apply or delete qcow2 internal snapshots.
+    ///
     /// `snapshot [-l | -c NAME | -a NAME | -d NAME] [-f fmt] FILE`.
     ///
     /// -a takes an ID or a name (IDs first, as qemu-img); -d a name, or an ID when no
@@ -351,7 +354,9 @@ pub enum ImgCommand {
         /// Guest offset.
         offset: String,
     },
-    /// Change an image's virtual size: `resize [-f fmt] [--shrink] FILE [+|-]SIZE`.
+    /// Change an image's virtual size.
+    ///
+    /// `resize [-f fmt] [--shrink] FILE [+|-]SIZE`.
     Resize {
         /// Image format (default: probe).
         #[arg(short = 'f')]
@@ -367,8 +372,10 @@ pub enum ImgCommand {
         #[arg(allow_hyphen_values = true)]
         size: String,
     },
-    /// How large a new image would be: for --size bytes, or holding FILE's data
-    /// (`measure [-O fmt] [-o opts] (--size N | [-f fmt] FILE)`), as `qemu-img measure`.
+    /// How large a new image would be, as `qemu-img measure`.
+    ///
+    /// `measure [-O fmt] [-o opts] (--size N | [-f fmt] FILE)`: for --size bytes, or
+    /// holding FILE's data.
     Measure {
         /// The size of the new image (k/M/G/T suffixes).
         #[arg(long)]
@@ -391,10 +398,10 @@ pub enum ImgCommand {
         /// The image whose data the new image would hold.
         file: Option<PathBuf>,
     },
-    /// Copy part of an image into a new one, as `qemu-img dd`:
-    /// `dd [-f fmt] [-O fmt] [bs=SIZE] [count=N] [skip=N] if=INPUT of=OUTPUT`.
+    /// Copy part of an image into a new one, as `qemu-img dd`.
     ///
-    /// bs defaults to 512. As qemu-img, count includes the skipped blocks: the output is
+    /// `dd [-f fmt] [-O fmt] [bs=SIZE] [count=N] [skip=N] if=INPUT of=OUTPUT`; bs
+    /// defaults to 512. As qemu-img, count includes the skipped blocks: the output is
     /// count - skip blocks long (or the rest of the input, if shorter).
     Dd {
         /// Input format (default: probe).
@@ -410,7 +417,8 @@ pub enum ImgCommand {
         #[arg(required = true)]
         operands: Vec<String>,
     },
-    /// Change a qcow2 image's options in place, as `qemu-img amend`:
+    /// Change a qcow2 image's options in place, as `qemu-img amend`.
+    ///
     /// `amend [-f qcow2] -o compat=0.10|1.1,lazy_refcounts=on|off,size=SIZE FILE`.
     Amend {
         /// Image format (default: probe; only qcow2 can be amended).
