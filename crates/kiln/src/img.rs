@@ -45,7 +45,8 @@ pub struct Compat {
     /// Cache mode of the images read: accepted, as -t.
     #[arg(short = 'T', value_name = "SRC_CACHE")]
     src_cache: Option<String>,
-    /// Show progress (accepted; these commands finish without a progress line).
+    /// Show progress on stderr (convert draws qemu-img's progress line; the others
+    /// accept -p and finish without one).
     #[arg(short = 'p')]
     progress: bool,
 }
@@ -173,9 +174,6 @@ pub enum ImgCommand {
         /// Compress the output (qcow2: compressed clusters, -o compression_type=zlib|zstd).
         #[arg(short = 'c')]
         compress: bool,
-        /// Show progress on stderr.
-        #[arg(short = 'p')]
-        progress: bool,
         /// Force share: open the image even while another process writes it (what is read
         /// may then be inconsistent); read-only uses only.
         #[arg(short = 'U', long = "force-share")]
@@ -201,15 +199,8 @@ pub enum ImgCommand {
         /// Copy an internal snapshot: `snapshot.id=ID`, `snapshot.name=NAME` or ID_OR_NAME.
         #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
         snapshot_param: Option<String>,
-        /// Quiet: no progress line.
-        #[arg(short = 'q')]
-        quiet: bool,
-        /// Output cache mode (accepted).
-        #[arg(short = 't', value_name = "CACHE")]
-        cache: Option<String>,
-        /// Source cache mode (accepted).
-        #[arg(short = 'T', value_name = "SRC_CACHE")]
-        src_cache: Option<String>,
+        #[command(flatten)]
+        compat: Compat,
         /// Out-of-order writes (accepted; Kiln writes in order).
         #[arg(short = 'W')]
         out_of_order: bool,
@@ -565,16 +556,13 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             out_format,
             options,
             compress,
-            progress,
             force_share,
             backing,
             backing_format,
             no_create,
             snapshot,
             snapshot_param,
-            quiet,
-            cache,
-            src_cache,
+            compat,
             out_of_order: _,
             parallel,
             copy_offload: _,
@@ -583,9 +571,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
             src,
             dst,
         } => {
-            for c in [&cache, &src_cache].into_iter().flatten() {
-                check_cache_mode(c)?;
-            }
+            compat.apply()?;
             if parallel.is_some_and(|m| !(1..=16).contains(&m)) {
                 return Err("-m: the number of parallel requests must be 1 to 16".into());
             }
@@ -607,7 +593,7 @@ pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
                 out_format: &out_format,
                 options: &options,
                 compress,
-                progress: progress && !quiet,
+                progress: compat.progress && !compat.quiet,
                 share: share(force_share),
                 backing: backing.as_deref(),
                 backing_format: backing_format.as_deref(),

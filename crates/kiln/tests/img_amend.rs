@@ -6,25 +6,16 @@
 
 mod common;
 
-use common::{run, Scratch};
+use common::{qemu_create, qemu_io, qemu_ok, run, Scratch};
 use std::process::Command;
 
-fn qemu(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} is needed for these tests: {e}"));
-    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn check_clean(img: &str) {
-    let out = qemu("qemu-img", &["check", img]);
+    let out = qemu_ok("qemu-img", &["check", img]);
     assert!(out.contains("No errors were found on the image."), "{out}");
 }
 
 fn guest_view(img: &str, raw: &str) -> Vec<u8> {
-    qemu("qemu-img", &["convert", "-O", "raw", img, raw]);
+    qemu_ok("qemu-img", &["convert", "-O", "raw", img, raw]);
     std::fs::read(raw).unwrap()
 }
 
@@ -32,49 +23,24 @@ fn guest_view(img: &str, raw: &str) -> Vec<u8> {
 fn amend_changes_compat_and_lazy_refcounts_keeping_the_data() {
     let s = Scratch::new();
     let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
-    qemu(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "4M"],
-    );
-    qemu(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0xaa 0 4M", &p("base.qcow2")],
-    );
+    qemu_create("qcow2", &[], &p("base.qcow2"), "4M");
+    qemu_io("qcow2", &p("base.qcow2"), &["write -P 0xaa 0 4M"]);
     let img = p("top.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "-o",
-            "lazy_refcounts=on",
-            &img,
-        ],
+    qemu_create(
+        "qcow2",
+        &["-b", "base.qcow2", "-F", "qcow2", "-o", "lazy_refcounts=on"],
+        &img,
+        "",
     );
-    qemu(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -z 64k 128k",
-            "-c",
-            "write -P 0xbb 1M 4k",
-            "-c",
-            "write -z 2M 4k",
-            &img,
-        ],
+    qemu_io(
+        "qcow2",
+        &img,
+        &["write -z 64k 128k", "write -P 0xbb 1M 4k", "write -z 2M 4k"],
     );
     let before = guest_view(&img, &p("before.raw"));
 
     run(&["img", "amend", "-o", "compat=0.10", &img]).expect_code(0);
-    let info = qemu("qemu-img", &["info", &img]);
+    let info = qemu_ok("qemu-img", &["info", &img]);
     assert!(info.contains("compat: 0.10"), "{info}");
     check_clean(&img);
     assert!(
@@ -82,7 +48,7 @@ fn amend_changes_compat_and_lazy_refcounts_keeping_the_data() {
         "downgrade changed the data"
     );
     // No zero flags are left: version 2 has none (the zeroed ranges are data now).
-    let map = qemu("qemu-img", &["map", "--output", "json", &img]);
+    let map = qemu_ok("qemu-img", &["map", "--output", "json", &img]);
     let map: serde_json::Value = serde_json::from_str(&map).unwrap();
     for e in map.as_array().unwrap() {
         assert!(
@@ -92,7 +58,7 @@ fn amend_changes_compat_and_lazy_refcounts_keeping_the_data() {
     }
 
     run(&["img", "amend", "-o", "compat=1.1,lazy_refcounts=on", &img]).expect_code(0);
-    let info = qemu("qemu-img", &["info", &img]);
+    let info = qemu_ok("qemu-img", &["info", &img]);
     assert!(
         info.contains("compat: 1.1") && info.contains("lazy refcounts: true"),
         "{info}"
@@ -103,38 +69,26 @@ fn amend_changes_compat_and_lazy_refcounts_keeping_the_data() {
         "upgrade changed the data"
     );
     run(&["img", "amend", "-o", "lazy_refcounts=off", &img]).expect_code(0);
-    assert!(qemu("qemu-img", &["info", &img]).contains("lazy refcounts: false"));
+    assert!(qemu_ok("qemu-img", &["info", &img]).contains("lazy refcounts: false"));
     check_clean(&img);
 
     // A 0.10 image with a snapshot goes up; the snapshot keeps its data and applies.
     let old = p("old.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "compat=0.10",
-            &old,
-            "2M",
-        ],
-    );
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 64k", &old]);
-    qemu("qemu-img", &["snapshot", "-c", "s1", &old]);
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 2 0 64k", &old]);
+    qemu_create("qcow2", &["-o", "compat=0.10"], &old, "2M");
+    qemu_io("qcow2", &old, &["write -P 1 0 64k"]);
+    qemu_ok("qemu-img", &["snapshot", "-c", "s1", &old]);
+    qemu_io("qcow2", &old, &["write -P 2 0 64k"]);
     run(&["img", "amend", "-o", "compat=1.1", &old]).expect_code(0);
-    assert!(qemu("qemu-img", &["info", &old]).contains("compat: 1.1"));
+    assert!(qemu_ok("qemu-img", &["info", &old]).contains("compat: 1.1"));
     check_clean(&old);
-    qemu("qemu-img", &["snapshot", "-a", "s1", &old]);
-    qemu("qemu-io", &["-f", "qcow2", "-c", "read -P 1 0 64k", &old]);
+    qemu_ok("qemu-img", &["snapshot", "-a", "s1", &old]);
+    qemu_io("qcow2", &old, &["read -P 1 0 64k"]);
     run(&["img", "amend", "-o", "size=4M", &old]).expect_code(0);
-    assert!(qemu("qemu-img", &["info", &old]).contains("virtual size: 4 MiB"));
+    assert!(qemu_ok("qemu-img", &["info", &old]).contains("virtual size: 4 MiB"));
 
     // Refusals: one line each, nothing changed.
     let raw = p("disk.raw");
-    qemu("qemu-img", &["create", "-q", "-f", "raw", &raw, "1M"]);
+    qemu_create("raw", &[], &raw, "1M");
     let bytes = std::fs::read(&old).unwrap();
     for (args, msg) in [
         (vec!["-o", "compat=0.10", &old], "internal snapshots"),
@@ -173,62 +127,25 @@ fn amend_changes_compat_and_lazy_refcounts_keeping_the_data() {
 fn amend_survives_sigkill_at_every_metadata_write() {
     let s = Scratch::new();
     let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
-    qemu(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "4M"],
-    );
-    qemu(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0xaa 0 4M", &p("base.qcow2")],
-    );
+    qemu_create("qcow2", &[], &p("base.qcow2"), "4M");
+    qemu_io("qcow2", &p("base.qcow2"), &["write -P 0xaa 0 4M"]);
     let down = p("down.qcow2");
-    qemu(
-        "qemu-img",
+    qemu_create("qcow2", &["-b", "base.qcow2", "-F", "qcow2"], &down, "");
+    qemu_io(
+        "qcow2",
+        &down,
         &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            &down,
-        ],
-    );
-    qemu(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
             "write -z 64k 128k",
-            "-c",
             "write -P 0xbb 1M 4k",
-            "-c",
             "write -z 2M 4k",
-            "-c",
             "write -z 3M 64k",
-            &down,
         ],
     );
     let up = p("up.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "compat=0.10",
-            &up,
-            "2M",
-        ],
-    );
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 64k", &up]);
-    qemu("qemu-img", &["snapshot", "-c", "s1", &up]);
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 2 0 64k", &up]);
+    qemu_create("qcow2", &["-o", "compat=0.10"], &up, "2M");
+    qemu_io("qcow2", &up, &["write -P 1 0 64k"]);
+    qemu_ok("qemu-img", &["snapshot", "-c", "s1", &up]);
+    qemu_io("qcow2", &up, &["write -P 2 0 64k"]);
 
     for (orig, compat) in [(down, "0.10"), (up, "1.1")] {
         let want = guest_view(&orig, &p("want.raw"));
@@ -259,7 +176,7 @@ fn amend_survives_sigkill_at_every_metadata_write() {
                     "compat={compat}: killed at each of {} metadata writes",
                     n - 1
                 );
-                let info = qemu("qemu-img", &["info", &work]);
+                let info = qemu_ok("qemu-img", &["info", &work]);
                 assert!(info.contains(&format!("compat: {compat}")), "{info}");
                 finished = true;
                 break;

@@ -9,26 +9,13 @@
 
 mod common;
 
-use common::{run, Scratch};
+use common::{qemu_create, qemu_io, qemu_ok, run, Scratch};
 use std::process::Command;
-
-fn qemu(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} is needed for these tests: {e}"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `qemu-img map`, without host offsets: (start, length, depth, zero, data).
 fn layout(img: &str) -> Vec<(u64, u64, u64, bool, bool)> {
     let v: serde_json::Value =
-        serde_json::from_str(&qemu("qemu-img", &["map", "--output", "json", img])).unwrap();
+        serde_json::from_str(&qemu_ok("qemu-img", &["map", "--output", "json", img])).unwrap();
     v.as_array()
         .unwrap()
         .iter()
@@ -48,106 +35,46 @@ fn layout(img: &str) -> Vec<(u64, u64, u64, bool, bool)> {
 fn convert_onto_a_backing_file_matches_qemu_img() {
     let s = Scratch::new();
     let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
-    qemu(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "4M"],
-    );
-    qemu(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0xaa 0 4M", &p("base.qcow2")],
-    );
-    qemu(
+    qemu_create("qcow2", &[], &p("base.qcow2"), "4M");
+    qemu_io("qcow2", &p("base.qcow2"), &["write -P 0xaa 0 4M"]);
+    qemu_ok(
         "qemu-img",
         &["convert", "-O", "raw", &p("base.qcow2"), &p("base.raw")],
     );
     // An overlay with data, a zeroed range over the base's data, and a partial cluster.
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            &p("top.qcow2"),
-        ],
+    qemu_create(
+        "qcow2",
+        &["-b", "base.qcow2", "-F", "qcow2"],
+        &p("top.qcow2"),
+        "",
     );
-    qemu(
-        "qemu-io",
+    qemu_io(
+        "qcow2",
+        &p("top.qcow2"),
         &[
-            "-f",
-            "qcow2",
-            "-c",
             "write -P 0xbb 1M 64k",
-            "-c",
             "write -z 2M 128k",
-            "-c",
             "write -P 0xcc 3M 4k",
-            &p("top.qcow2"),
         ],
     );
     // A qcow2 without a backing file (reads zeros where it holds nothing), larger than the
     // new backing file, and a sparse raw file with data in its first and 25th blocks.
-    qemu(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &p("solo.qcow2"), "6M"],
-    );
-    qemu(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x11 64k 64k",
-            &p("solo.qcow2"),
-        ],
-    );
-    qemu(
-        "qemu-img",
-        &["create", "-q", "-f", "raw", &p("solo.raw"), "3M"],
-    );
-    qemu(
-        "qemu-io",
-        &["-f", "raw", "-c", "write -P 0x22 100000 5", &p("solo.raw")],
-    );
+    qemu_create("qcow2", &[], &p("solo.qcow2"), "6M");
+    qemu_io("qcow2", &p("solo.qcow2"), &["write -P 0x11 64k 64k"]);
+    qemu_create("raw", &[], &p("solo.raw"), "3M");
+    qemu_io("raw", &p("solo.raw"), &["write -P 0x22 100000 5"]);
 
     for src in ["top.qcow2", "solo.qcow2", "solo.raw"] {
         let (ours, theirs) = (p(&format!("k-{src}.qcow2")), p(&format!("q-{src}.qcow2")));
-        run(&[
-            "img",
-            "convert",
-            "-O",
-            "qcow2",
-            "-B",
-            "base.raw",
-            "-F",
-            "raw",
-            &p(src),
-            &ours,
-        ])
-        .expect_code(0);
-        qemu(
-            "qemu-img",
-            &[
-                "convert",
-                "-O",
-                "qcow2",
-                "-B",
-                "base.raw",
-                "-F",
-                "raw",
-                &p(src),
-                &theirs,
-            ],
-        );
-        let info = qemu("qemu-img", &["info", &ours]);
+        let convert = ["convert", "-O", "qcow2", "-B", "base.raw", "-F", "raw"];
+        let src = p(src);
+        run(&[&["img"][..], &convert, &[&src, &ours]].concat()).expect_code(0);
+        qemu_ok("qemu-img", &[&convert[..], &[&src, &theirs]].concat());
+        let info = qemu_ok("qemu-img", &["info", &ours]);
         assert!(info.contains("backing file: base.raw"), "{src}: {info}");
         assert!(info.contains("backing file format: raw"), "{src}: {info}");
-        qemu("qemu-img", &["check", &ours]);
-        assert!(qemu("qemu-img", &["compare", &p(src), &ours]).contains("identical"));
+        qemu_ok("qemu-img", &["check", &ours]);
+        assert!(qemu_ok("qemu-img", &["compare", &src, &ours]).contains("identical"));
         assert_eq!(layout(&ours), layout(&theirs), "{src}: allocation map");
     }
     // The overlay holds only the top image's clusters.
@@ -212,23 +139,13 @@ fn convert_n_and_block_devices_overwrite_in_place() {
     let s = Scratch::new();
     let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
     // The source: 4 MiB, data in its first 64 KiB and at 3 MiB, zeros elsewhere.
-    qemu(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &p("src.qcow2"), "4M"],
+    qemu_create("qcow2", &[], &p("src.qcow2"), "4M");
+    qemu_io(
+        "qcow2",
+        &p("src.qcow2"),
+        &["write -P 0x33 0 64k", "write -P 0x34 3M 4k"],
     );
-    qemu(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x33 0 64k",
-            "-c",
-            "write -P 0x34 3M 4k",
-            &p("src.qcow2"),
-        ],
-    );
-    qemu(
+    qemu_ok(
         "qemu-img",
         &["convert", "-O", "raw", &p("src.qcow2"), &p("want.raw")],
     );
@@ -257,14 +174,8 @@ fn convert_n_and_block_devices_overwrite_in_place() {
         got[4 << 20..].iter().all(|&b| b == 0xff),
         "the rest is left alone"
     );
-    qemu(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &p("old.qcow2"), "4M"],
-    );
-    qemu(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x44 0 4M", &p("old.qcow2")],
-    );
+    qemu_create("qcow2", &[], &p("old.qcow2"), "4M");
+    qemu_io("qcow2", &p("old.qcow2"), &["write -P 0x44 0 4M"]);
     run(&[
         "img",
         "convert",
@@ -275,8 +186,10 @@ fn convert_n_and_block_devices_overwrite_in_place() {
         &p("old.qcow2"),
     ])
     .expect_code(0);
-    assert!(qemu("qemu-img", &["compare", &p("src.qcow2"), &p("old.qcow2")]).contains("identical"));
-    qemu("qemu-img", &["check", &p("old.qcow2")]);
+    assert!(
+        qemu_ok("qemu-img", &["compare", &p("src.qcow2"), &p("old.qcow2")]).contains("identical")
+    );
+    qemu_ok("qemu-img", &["check", &p("old.qcow2")]);
 
     // A block device: written in place without -n; Kiln sees its size.
     std::fs::write(p("disk"), &garbage).unwrap();
@@ -311,10 +224,7 @@ fn convert_n_and_block_devices_overwrite_in_place() {
     assert!(got[..4 << 20] == want[..]);
 
     // Too small, missing, or with options that need a new image: one line, no change.
-    qemu(
-        "qemu-img",
-        &["create", "-q", "-f", "raw", &p("small.raw"), "1M"],
-    );
+    qemu_create("raw", &[], &p("small.raw"), "1M");
     run(&[
         "img",
         "convert",
@@ -357,23 +267,12 @@ fn convert_from_an_internal_snapshot_equals_qemu_img() {
     let s = Scratch::new();
     let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
     let img = p("snap.qcow2");
-    qemu("qemu-img", &["create", "-q", "-f", "qcow2", &img, "2M"]);
-    qemu("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 64k", &img]);
-    qemu("qemu-img", &["snapshot", "-c", "first", &img]);
-    qemu("qemu-img", &["resize", "-q", &img, "4M"]);
-    qemu(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 2 0 64k",
-            "-c",
-            "write -P 3 3M 64k",
-            &img,
-        ],
-    );
-    qemu(
+    qemu_create("qcow2", &[], &img, "2M");
+    qemu_io("qcow2", &img, &["write -P 1 0 64k"]);
+    qemu_ok("qemu-img", &["snapshot", "-c", "first", &img]);
+    qemu_ok("qemu-img", &["resize", "-q", &img, "4M"]);
+    qemu_io("qcow2", &img, &["write -P 2 0 64k", "write -P 3 3M 64k"]);
+    qemu_ok(
         "qemu-img",
         &[
             "convert",
@@ -416,8 +315,10 @@ fn convert_from_an_internal_snapshot_equals_qemu_img() {
         &p("got.qcow2"),
     ])
     .expect_code(0);
-    assert!(qemu("qemu-img", &["compare", &p("got.qcow2"), &p("want.raw")]).contains("identical"));
-    qemu("qemu-io", &["-f", "qcow2", "-c", "read -P 2 0 64k", &img]);
+    assert!(
+        qemu_ok("qemu-img", &["compare", &p("got.qcow2"), &p("want.raw")]).contains("identical")
+    );
+    qemu_io("qcow2", &img, &["read -P 2 0 64k"]);
 
     run(&[
         "img",

@@ -5,52 +5,23 @@
 
 mod common;
 
-use common::{run, Scratch};
-use std::process::Command;
-
-fn ok(tool: &str, args: &[&str]) {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} is needed for these tests: {e}"));
-    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
-}
+use common::{qemu_create, qemu_io, qemu_ok, run, Scratch};
 
 #[test]
 fn dd_makes_the_files_qemu_img_dd_makes() {
     let s = Scratch::new();
     let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "raw", &p("in.raw"), "3M"],
+    qemu_create("raw", &[], &p("in.raw"), "3M");
+    qemu_io(
+        "raw",
+        &p("in.raw"),
+        &["write -P 1 100000 5", "write -P 2 1M 200k"],
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 1 100000 5",
-            "-c",
-            "write -P 2 1M 200k",
-            &p("in.raw"),
-        ],
-    );
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", &p("in.qcow2"), "8M"],
-    );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 3 64k 192k",
-            "-c",
-            "write -P 4 7M 4k",
-            &p("in.qcow2"),
-        ],
+    qemu_create("qcow2", &[], &p("in.qcow2"), "8M");
+    qemu_io(
+        "qcow2",
+        &p("in.qcow2"),
+        &["write -P 3 64k 192k", "write -P 4 7M 4k"],
     );
     let cases: [(&[&str], &str, &str); 6] = [
         (
@@ -78,15 +49,15 @@ fn dd_makes_the_files_qemu_img_dd_makes() {
         let mut qargs = vec!["dd"];
         qargs.extend(ops.iter());
         qargs.extend([if_.as_str(), of_q.as_str()]);
-        ok("qemu-img", &qargs);
+        qemu_ok("qemu-img", &qargs);
         if *fmt == "raw" {
             assert!(
                 std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
                 "case {i} {ops:?}: the outputs differ"
             );
         } else {
-            ok("qemu-img", &["compare", &ours, &theirs]);
-            ok("qemu-img", &["check", &ours]);
+            qemu_ok("qemu-img", &["compare", &ours, &theirs]);
+            qemu_ok("qemu-img", &["check", &ours]);
         }
     }
     let out = p("bad.raw");

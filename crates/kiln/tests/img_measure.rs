@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{run, Scratch};
+use common::{qemu_create, qemu_io, run, Scratch};
 use std::process::Command;
 
 fn qemu(tool: &str, args: &[&str]) -> std::process::Output {
@@ -16,82 +16,29 @@ fn qemu(tool: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{tool} is needed for these tests: {e}"))
 }
 
-fn ok(tool: &str, args: &[&str]) {
-    let out = qemu(tool, args);
-    assert!(out.status.success(), "{tool} {args:?}: {out:?}");
-}
-
 #[test]
 fn measure_equals_qemu_img_measure() {
     let s = Scratch::new();
     let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "raw", &p("sparse.raw"), "3M"],
+    qemu_create("raw", &[], &p("sparse.raw"), "3M");
+    qemu_io(
+        "raw",
+        &p("sparse.raw"),
+        &["write -P 1 100000 5", "write -P 2 1M 200k"],
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 1 100000 5",
-            "-c",
-            "write -P 2 1M 200k",
-            &p("sparse.raw"),
-        ],
+    qemu_create("qcow2", &["-o", "extended_l2=on"], &p("extl2.qcow2"), "8M");
+    qemu_io(
+        "qcow2",
+        &p("extl2.qcow2"),
+        &["write -P 3 40k 4k", "write -z 1M 1M", "write -P 4 5M 100k"],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            &p("extl2.qcow2"),
-            "8M",
-        ],
+    qemu_create(
+        "qcow2",
+        &["-b", "extl2.qcow2", "-F", "qcow2"],
+        &p("overlay.qcow2"),
+        "",
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 3 40k 4k",
-            "-c",
-            "write -z 1M 1M",
-            "-c",
-            "write -P 4 5M 100k",
-            &p("extl2.qcow2"),
-        ],
-    );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "extl2.qcow2",
-            "-F",
-            "qcow2",
-            &p("overlay.qcow2"),
-        ],
-    );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 5 7M 64k",
-            &p("overlay.qcow2"),
-        ],
-    );
+    qemu_io("qcow2", &p("overlay.qcow2"), &["write -P 5 7M 64k"]);
     let (raw, ext, ov) = (p("sparse.raw"), p("extl2.qcow2"), p("overlay.qcow2"));
     let cases: Vec<Vec<&str>> = vec![
         vec!["--size", "10G", "-O", "qcow2"],

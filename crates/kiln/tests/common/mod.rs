@@ -200,3 +200,41 @@ pub fn poke_refcount(path: &str, c: usize, v: u16) {
     f[at..at + 2].copy_from_slice(&v.to_be_bytes());
     std::fs::write(path, f).unwrap();
 }
+
+/// Run a QEMU tool (qemu-img, qemu-io) and insist it succeeds; returns its stdout.
+pub fn qemu_ok(tool: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} is needed for these tests (qemu-utils): {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `qemu-img create -q -f FMT OPTIONS... PATH [SIZE]` (SIZE "" for none: an overlay
+/// takes its backing file's size); OPTIONS such as `["-o", "compat=0.10"]` or
+/// `["-b", "base.qcow2", "-F", "qcow2"]`.
+pub fn qemu_create(fmt: &str, options: &[&str], path: &str, size: &str) {
+    let mut args = vec!["create", "-q", "-f", fmt];
+    args.extend(options);
+    args.push(path);
+    if !size.is_empty() {
+        args.push(size);
+    }
+    qemu_ok("qemu-img", &args);
+}
+
+/// `qemu-io -f FMT -c CMD ... PATH`: the commands run in order on the image.
+pub fn qemu_io(fmt: &str, path: &str, cmds: &[&str]) {
+    let mut args = vec!["-f", fmt];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.push(path);
+    qemu_ok("qemu-io", &args);
+}
