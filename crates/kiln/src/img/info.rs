@@ -31,9 +31,40 @@ struct FormatSpecific {
     data: Qcow2Data,
 }
 
+/// The file (or block device) under the image, as qemu-img describes its protocol node.
+#[derive(Serialize)]
+struct FileNode {
+    children: [(); 0],
+    #[serde(rename = "virtual-size")]
+    virtual_size: u64,
+    filename: String,
+    /// "file", or "host_device" for a block device.
+    format: &'static str,
+    #[serde(rename = "actual-size")]
+    actual_size: u64,
+    #[serde(rename = "format-specific")]
+    format_specific: FileSpecific,
+    #[serde(rename = "dirty-flag")]
+    dirty_flag: bool,
+}
+
+#[derive(Serialize)]
+struct FileSpecific {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    data: std::collections::BTreeMap<String, ()>,
+}
+
+#[derive(Serialize)]
+struct Child {
+    name: &'static str,
+    info: FileNode,
+}
+
 /// The image description, with qemu-img's JSON keys and order.
 #[derive(Serialize)]
 struct ImageInfo {
+    children: Vec<Child>,
     #[serde(
         rename = "backing-filename-format",
         skip_serializing_if = "Option::is_none"
@@ -105,11 +136,32 @@ fn gather(format: Option<&str>, file: &Path, share: Share) -> Result<ImageInfo, 
         Some(f) => f,
         None => kiln_block::probe(file).map_err(|e| e.to_string())?,
     };
+    // As QEMU, in whole 512-byte sectors (the tail of the last one reads as zeros).
+    let length = byte_size(file, &meta)?.next_multiple_of(512);
+    let block_device = {
+        use std::os::unix::fs::FileTypeExt;
+        meta.file_type().is_block_device()
+    };
     let mut info = ImageInfo {
+        children: vec![Child {
+            name: "file",
+            info: FileNode {
+                children: [],
+                virtual_size: length,
+                filename: file.display().to_string(),
+                format: if block_device { "host_device" } else { "file" },
+                actual_size: meta.blocks() * 512,
+                format_specific: FileSpecific {
+                    ty: "file",
+                    data: Default::default(),
+                },
+                dirty_flag: false,
+            },
+        }],
         backing_filename_format: None,
         snapshots: None,
         snapshot_table: None,
-        virtual_size: byte_size(file, &meta)?,
+        virtual_size: length,
         filename: file.display().to_string(),
         cluster_size: None,
         format: format.name(),
@@ -233,6 +285,9 @@ fn human(i: &ImageInfo) -> String {
     if let Some(cs) = i.cluster_size {
         out += &format!("cluster_size: {cs}\n");
     }
+    if i.dirty_flag {
+        out += "cleanly shut down: no\n";
+    }
     if let Some(b) = &i.backing_filename {
         let full = i.full_backing_filename.as_deref().unwrap_or(b);
         if full != b {
@@ -263,6 +318,18 @@ fn human(i: &ImageInfo) -> String {
         if let Some(e) = d.extended_l2 {
             out += &format!("    extended l2: {e}\n");
         }
+    }
+    for c in &i.children {
+        let f = &c.info;
+        out += &format!(
+            "Child node '/{}':\n    filename: {}\n    protocol type: {}\n    file length: {} ({} bytes)\n    disk size: {}\n",
+            c.name,
+            f.filename,
+            f.format,
+            human_size(f.virtual_size),
+            f.virtual_size,
+            human_size(f.actual_size)
+        );
     }
     out
 }
