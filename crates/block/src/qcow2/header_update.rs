@@ -1,6 +1,8 @@
-//! Changing an existing qcow2 image's backing file name and format (`rebase`): the header
-//! cluster is rebuilt from its current bytes (header fields and every other extension
-//! kept), checked to fit in cluster 0, and written in one write, then flushed.
+//! Changing an existing qcow2 image's header in place: the backing file name and format
+//! (`rebase`), for which the header cluster is rebuilt from its current bytes (header
+//! fields and every other extension kept), checked to fit in cluster 0, and written in
+//! one write, then flushed; and the autoclear feature bits, cleared before a read-write
+//! open can change anything.
 
 use super::header::{Header, EXT_BACKING_FORMAT};
 use super::Qcow2;
@@ -100,6 +102,23 @@ impl Qcow2 {
         self.sync_rb()?;
         self.h = parsed;
         self.backing = None;
+        Ok(())
+    }
+}
+
+impl Qcow2 {
+    /// Clear the autoclear feature bits (v3), flushed, before this read-write open changes
+    /// anything. The spec asks this of every writer that does not know the features they
+    /// stand for, and Kiln knows none: the bitmaps bit, for one, tells QEMU that its
+    /// persistent dirty bitmaps are consistent with the data, which stops being true
+    /// once Kiln writes. QEMU then treats the bitmaps as inconsistent, as it should.
+    pub(crate) fn clear_autoclear(&mut self) -> Result<()> {
+        if self.h.version < 3 || self.h.autoclear_features == 0 {
+            return Ok(());
+        }
+        write_meta(&self.file, &0u64.to_be_bytes(), 88)?;
+        self.sync_rb()?;
+        self.h.autoclear_features = 0;
         Ok(())
     }
 }

@@ -176,6 +176,9 @@ impl Qcow2 {
     /// Open from `file`; a dirty image opened read-write is repaired first (see [`repair`]).
     pub(crate) fn from_file(file: File, path: &Path, read_only: bool) -> Result<Qcow2> {
         let mut img = Self::load(file, path, read_only, false)?;
+        if !read_only {
+            img.clear_autoclear()?;
+        }
         if !read_only && img.h.incompatible_features & header::INCOMPAT_DIRTY != 0 {
             img.repair_dirty()?;
         }
@@ -185,7 +188,9 @@ impl Qcow2 {
     /// Open read-write without repairing a dirty image, even if it is marked corrupt
     /// (for `check -r`).
     pub(crate) fn from_file_no_repair(file: File, path: &Path) -> Result<Qcow2> {
-        Self::load(file, path, false, true)
+        let mut img = Self::load(file, path, false, true)?;
+        img.clear_autoclear()?;
+        Ok(img)
     }
 
     fn load(file: File, path: &Path, read_only: bool, allow_corrupt: bool) -> Result<Qcow2> {
