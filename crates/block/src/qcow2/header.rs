@@ -27,6 +27,10 @@ pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 /// Header extension: full disk encryption header.
 pub const EXT_CRYPTO: u32 = 0x0537_be77;
+/// Header extension: persistent dirty bitmaps (QEMU's; Kiln keeps none).
+pub const EXT_BITMAPS: u32 = 0x2385_2875;
+/// Autoclear bit: the bitmaps extension is consistent with the image.
+pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
 
 /// Largest L1 table QEMU accepts, in bytes.
 pub const MAX_L1_BYTES: u64 = 32 << 20;
@@ -95,6 +99,8 @@ pub struct Header {
     pub backing_format: Option<String>,
     /// Feature name table: (type, bit, name).
     pub feature_names: Vec<(u8, u8, String)>,
+    /// The bitmaps extension: (bitmap count, directory size, directory offset).
+    pub bitmaps: Option<(u32, u64, u64)>,
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -193,6 +199,7 @@ impl Header {
             backing_file: None,
             backing_format: None,
             feature_names: Vec::new(),
+            bitmaps: None,
         };
         if be32(buf, 32) != 0 {
             return Err(Error::Unsupported(
@@ -286,6 +293,9 @@ impl Header {
                         let name = String::from_utf8_lossy(&name_bytes[..n]).into_owned();
                         self.feature_names.push((e[0], e[1], name));
                     }
+                }
+                EXT_BITMAPS if len == 24 => {
+                    self.bitmaps = Some((be32(data, 0), be64(data, 8), be64(data, 16)));
                 }
                 EXT_CRYPTO => {
                     return Err(Error::Unsupported(

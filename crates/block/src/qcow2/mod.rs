@@ -188,9 +188,9 @@ impl Qcow2 {
     /// Open read-write without repairing a dirty image, even if it is marked corrupt
     /// (for `check -r`).
     pub(crate) fn from_file_no_repair(file: File, path: &Path) -> Result<Qcow2> {
-        let mut img = Self::load(file, path, false, true)?;
-        img.clear_autoclear()?;
-        Ok(img)
+        // A repair changes refcounts, not data: persistent bitmaps stay true, so the
+        // autoclear bits stay (and the check counts the bitmaps' clusters).
+        Self::load(file, path, false, true)
     }
 
     fn load(file: File, path: &Path, read_only: bool, allow_corrupt: bool) -> Result<Qcow2> {

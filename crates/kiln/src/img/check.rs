@@ -26,9 +26,9 @@ struct JsonReport {
     total_clusters: u64,
     #[serde(rename = "allocated-clusters")]
     allocated_clusters: u64,
-    #[serde(rename = "fragmented-clusters")]
+    #[serde(rename = "fragmented-clusters", skip_serializing_if = "is_zero")]
     fragmented_clusters: u64,
-    #[serde(rename = "compressed-clusters")]
+    #[serde(rename = "compressed-clusters", skip_serializing_if = "is_zero")]
     compressed_clusters: u64,
 }
 
