@@ -66,10 +66,10 @@ fn a_write_clears_the_autoclear_bits_so_qemu_drops_stale_bitmaps() {
     qemu_ok("qemu-io", &["-f", "qcow2", "-c", "read -P 7 0 4k", &img]);
 }
 
-/// `kiln img check` on an image whose bitmaps hold data clusters says what qemu-img says
-/// (human and JSON), and `check -r leaks` changes nothing.
+/// `kiln img check` and `info` on an image whose bitmaps hold data clusters say what
+/// qemu-img says (human and JSON), and `check -r leaks` changes nothing.
 #[test]
-fn check_counts_the_bitmaps_clusters_as_qemu_img_does() {
+fn check_and_info_see_the_bitmaps_as_qemu_img_does() {
     let s = Scratch::new();
     let img = s.dir.path().join("bm.qcow2").to_str().unwrap().to_string();
     qemu_create("qcow2", &[], &img, "4M");
@@ -90,6 +90,15 @@ fn check_counts_the_bitmaps_clusters_as_qemu_img_does() {
         serde_json::from_str(&run(&["img", "check", "--output", "json", &img]).stdout).unwrap();
     let theirs: serde_json::Value =
         serde_json::from_str(&qemu_ok("qemu-img", &["check", "--output", "json", &img])).unwrap();
+    assert_eq!(ours, theirs);
+    // info lists the bitmaps as qemu-img does.
+    let info = run(&["img", "info", &img]);
+    assert_eq!(info.stdout, qemu_ok("qemu-img", &["info", &img]));
+    assert!(info.stdout.contains("name: b1"), "{}", info.stdout);
+    let ours: serde_json::Value =
+        serde_json::from_str(&run(&["img", "info", "--output", "json", &img]).stdout).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_str(&qemu_ok("qemu-img", &["info", "--output", "json", &img])).unwrap();
     assert_eq!(ours, theirs);
     let before = std::fs::read(&img).unwrap();
     run(&["img", "check", "-r", "leaks", &img]).expect_code(0);

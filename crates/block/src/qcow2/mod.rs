@@ -20,6 +20,7 @@
 //! Lazy refcounts, dirty images and refcount repair: see [`repair`].
 
 mod amend;
+mod bitmaps;
 mod cache;
 pub mod check;
 mod compress;
@@ -41,6 +42,7 @@ mod write;
 mod write_extl2;
 
 pub use amend::AmendOptions;
+pub use bitmaps::Bitmap;
 pub use create::{create, CreateOptions};
 pub use header::{Compression, Header};
 pub use prealloc::Prealloc;

@@ -8,6 +8,14 @@ use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+/// One persistent dirty bitmap, as qemu-img lists it.
+#[derive(Serialize)]
+struct BitmapJson {
+    flags: Vec<&'static str>,
+    name: String,
+    granularity: u64,
+}
+
 /// qcow2-specific data, with qemu-img's keys.
 #[derive(Serialize)]
 struct Qcow2Data {
@@ -16,6 +24,8 @@ struct Qcow2Data {
     compression_type: &'static str,
     #[serde(rename = "lazy-refcounts", skip_serializing_if = "Option::is_none")]
     lazy_refcounts: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bitmaps: Option<Vec<BitmapJson>>,
     #[serde(rename = "refcount-bits")]
     refcount_bits: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,6 +215,18 @@ fn gather(format: Option<&str>, file: &Path, share: Share) -> Result<ImageInfo, 
                 compression_type: h.compression.name(),
                 // qemu-img shows these for v3 images only.
                 lazy_refcounts: v3.then(|| h.lazy_refcounts()),
+                bitmaps: Some(
+                    img.bitmaps()
+                        .map_err(|e| format!("{}: {e}", file.display()))?
+                        .iter()
+                        .map(|b| BitmapJson {
+                            flags: b.flag_names(),
+                            name: b.name.clone(),
+                            granularity: b.granularity,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .filter(|v| !v.is_empty()),
                 refcount_bits: h.refcount_bits(),
                 corrupt: v3.then_some(
                     h.incompatible_features & kiln_block::qcow2::header::INCOMPAT_CORRUPT != 0,
@@ -310,6 +332,19 @@ fn human(i: &ImageInfo) -> String {
         );
         if let Some(l) = d.lazy_refcounts {
             out += &format!("    lazy refcounts: {l}\n");
+        }
+        if let Some(bitmaps) = &d.bitmaps {
+            out += "    bitmaps:\n";
+            for (i, b) in bitmaps.iter().enumerate() {
+                out += &format!("        [{i}]:\n            flags:\n");
+                for (j, f) in b.flags.iter().enumerate() {
+                    out += &format!("                [{j}]: {f}\n");
+                }
+                out += &format!(
+                    "            name: {}\n            granularity: {}\n",
+                    b.name, b.granularity
+                );
+            }
         }
         out += &format!("    refcount bits: {}\n", d.refcount_bits);
         if let Some(c) = d.corrupt {
