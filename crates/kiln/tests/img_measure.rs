@@ -1,12 +1,13 @@
 //! `kiln img measure` against `qemu-img measure` on the same inputs: for sizes alone and
 //! for source images (sparse raw, qcow2 with extended L2 and zeroed ranges, an overlay
-//! over it), with qcow2 options (cluster sizes, refcount widths, compat, extended L2,
-//! preallocation, a backing file) and raw output, the human lines and the JSON are equal;
-//! bad requests fail as qemu-img's do. And an image Kiln converts fits in `required`.
+//! over it, qcow2 with persistent bitmaps and partly written clusters), with qcow2
+//! options (cluster sizes, refcount widths, compat, extended L2, preallocation, a
+//! backing file) and raw output, the human lines and the JSON are equal; bad requests
+//! fail as qemu-img's do. And an image Kiln converts fits in `required`.
 
 mod common;
 
-use common::{qemu_create, qemu_io, run, Scratch};
+use common::{qemu_create, qemu_io, qemu_ok, run, Scratch};
 use std::process::Command;
 
 fn qemu(tool: &str, args: &[&str]) -> std::process::Output {
@@ -39,6 +40,15 @@ fn measure_equals_qemu_img_measure() {
         "",
     );
     qemu_io("qcow2", &p("overlay.qcow2"), &["write -P 5 7M 64k"]);
+    // Persistent bitmaps, and clusters only partly written (the rest a hole in the file).
+    let bm = p("bitmaps.qcow2");
+    qemu_create("qcow2", &[], &bm, "1M");
+    qemu_ok("qemu-img", &["bitmap", "--add", &bm, "b0"]);
+    qemu_ok(
+        "qemu-img",
+        &["bitmap", "--add", "--granularity", "512", &bm, "b1"],
+    );
+    qemu_io("qcow2", &bm, &["write 0 64k", "write 100k 300k"]);
     let (raw, ext, ov) = (p("sparse.raw"), p("extl2.qcow2"), p("overlay.qcow2"));
     let cases: Vec<Vec<&str>> = vec![
         vec!["--size", "10G", "-O", "qcow2"],
@@ -65,6 +75,9 @@ fn measure_equals_qemu_img_measure() {
         vec!["-O", "qcow2", "-o", "cluster_size=2M", &ov],
         vec!["-O", "qcow2", "-o", "compat=0.10", &ov],
         vec!["-O", "qcow2", "-o", "backing_file=x", &ov],
+        vec!["-O", "qcow2", &bm],
+        vec!["-O", "qcow2", "-o", "cluster_size=4k", &bm],
+        vec!["-O", "qcow2", "-o", "compat=0.10", &bm],
         // Refused: too large for 512-byte clusters, both a size and a file, neither.
         vec!["--size", "100T", "-O", "qcow2", "-o", "cluster_size=512"],
         vec!["--size", "1G", &raw],

@@ -6,7 +6,7 @@
 use super::create::apply_options;
 use super::{open_image, parse_size};
 use kiln_block::qcow2::measure::fully_allocated_size;
-use kiln_block::qcow2::{CreateOptions, Prealloc};
+use kiln_block::qcow2::{CreateOptions, Prealloc, Qcow2};
 use kiln_block::{chain_status, BlockDevice, Format, Share};
 use serde::Serialize;
 use std::path::Path;
@@ -111,10 +111,22 @@ fn measure_qcow2(
             let required = if opts.backing_file.is_some() {
                 virtual_size
             } else {
-                data_clusters(src.as_mut(), cs)? * cs
+                // A qcow2 source's clusters can hold holes of its file: QEMU reads those
+                // as zeros, so look at the file too.
+                let mut host = match src.format() {
+                    Format::Qcow2 => Some(
+                        kiln_block::raw::RawFile::open_shared(f, true, Share::Force)
+                            .map_err(|e| e.to_string())?,
+                    ),
+                    _ => None,
+                };
+                data_clusters(src.as_mut(), host.as_mut(), cs)? * cs
             };
-            // Only a qcow2 v3 source can carry persistent bitmaps (Kiln keeps none).
-            let bitmaps = (opts.version >= 3 && qcow2_v3(f, src.format())).then_some(0);
+            // Only a qcow2 v3 source can carry persistent bitmaps.
+            let bitmaps = match opts.version >= 3 && src.format() == Format::Qcow2 {
+                true => source_bitmaps_size(f, a.share, cs)?,
+                false => None,
+            };
             (virtual_size, required, bitmaps)
         }
         (None, None) => unreachable!("checked by the caller"),
@@ -132,30 +144,61 @@ fn measure_qcow2(
 }
 
 /// How many `cs`-byte clusters of `src` hold data anywhere in its chain (zeros do not
-/// count).
-fn data_clusters(src: &mut dyn BlockDevice, cs: u64) -> Result<u64, String> {
+/// count). With `host`, the file of a qcow2 `src`: where the top image's data lies in a
+/// hole of that file, it reads as zeros and does not count either.
+fn data_clusters(
+    src: &mut dyn BlockDevice,
+    mut host: Option<&mut kiln_block::raw::RawFile>,
+    cs: u64,
+) -> Result<u64, String> {
     let size = src.size();
     let (mut off, mut count, mut counted_to) = (0u64, 0u64, 0u64);
+    let mut count_range = |from: u64, len: u64| {
+        let first = (from / cs).max(counted_to);
+        let end = (from + len).div_ceil(cs);
+        count += end.saturating_sub(first);
+        counted_to = counted_to.max(end);
+    };
     while off < size {
-        let (_, st) = chain_status(src, off, size - off).map_err(|e| e.to_string())?;
+        let (depth, st) = chain_status(src, off, size - off).map_err(|e| e.to_string())?;
         let n = st.len.clamp(1, size - off);
         if st.data && !st.zero {
-            let first = (off / cs).max(counted_to);
-            let end = (off + n).div_ceil(cs);
-            count += end.saturating_sub(first);
-            counted_to = counted_to.max(end);
+            match (host.as_deref_mut(), st.offset.filter(|_| depth == 0)) {
+                (Some(file), Some(at)) => {
+                    let mut done = 0;
+                    while done < n {
+                        let (kind, len) = file
+                            .extent(at + done, n - done)
+                            .map_err(|e| e.to_string())?;
+                        let len = len.clamp(1, n - done);
+                        if kind != kiln_block::Extent::Zero {
+                            count_range(off + done, len);
+                        }
+                        done += len;
+                    }
+                }
+                _ => count_range(off, n),
+            }
         }
         off += n;
     }
     Ok(count)
 }
 
-/// Whether the image at `path` (of format `format`) is a qcow2 version 3 image.
-fn qcow2_v3(path: &Path, format: Format) -> bool {
-    let mut head = [0u8; 8];
-    format == Format::Qcow2
-        && std::fs::File::open(path)
-            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
-            .is_ok()
-        && u32::from_be_bytes([head[4], head[5], head[6], head[7]]) >= 3
+/// Bytes the persistent bitmaps of the qcow2 image at `path` would take in an image of
+/// `cs`-byte clusters, as QEMU counts them (each bitmap whole, its table, the directory);
+/// None unless the source is version 3.
+fn source_bitmaps_size(path: &Path, share: Share, cs: u64) -> Result<Option<u64>, String> {
+    let img = Qcow2::open_shared(path, true, share).map_err(|e| e.to_string())?;
+    if img.header().version < 3 {
+        return Ok(None);
+    }
+    let (mut total, mut dir) = (0, 0);
+    for b in img.bitmaps().map_err(|e| e.to_string())? {
+        let bytes = img.size().div_ceil(b.granularity).div_ceil(8);
+        let clusters = bytes.div_ceil(cs);
+        total += clusters * cs + (clusters * 8).next_multiple_of(cs);
+        dir += (24 + b.name.len() as u64).next_multiple_of(8);
+    }
+    Ok(Some(total + dir.next_multiple_of(cs)))
 }
