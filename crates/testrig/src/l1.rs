@@ -36,6 +36,11 @@ const WEDGED: &str = "L1 wedged:";
 const L1_STOPPED: &str = "L1 stopped before finishing the batch";
 /// Seconds past a run's timeout after which its missing status means L1 hung.
 const OVERDUE_SLACK_SECS: u64 = 90;
+/// Seconds between L1's heartbeats (a line on its second serial port).
+const HEARTBEAT_SECS: u64 = 10;
+/// Seconds without a heartbeat after which L1 counts as hung (its userspace got no time
+/// in six beats: both vCPUs are stuck, as seen in the rig while QEMU's guest ran).
+const HEARTBEAT_SILENCE_SECS: u64 = 60;
 
 /// Boot L1 with `qemu`, run the batch in it, and collect the results.
 ///
@@ -47,7 +52,10 @@ const OVERDUE_SLACK_SECS: u64 = 90;
 /// any of these without a bug in L1's kernel or in QEMU, so the whole batch is then run
 /// again in a fresh L1, up to [`L1_ATTEMPTS`] boots in all; what happened (the stuck
 /// threads' kernel stacks, L1's console tail, QEMU's own log) is printed on stderr each
-/// time, and the last failure fails the batch.
+/// time, and the last failure fails the batch. L1 beats every [`HEARTBEAT_SECS`] on its
+/// second serial port; a run during which it stops beating for
+/// [`HEARTBEAT_SILENCE_SECS`] means L1 hung, found in a minute rather than at the run's
+/// timeout.
 pub(crate) fn execute(batch: &Batch, qemu: &Path) -> Result<BatchResult> {
     let _one = ONE_L1.lock().unwrap_or_else(|e| e.into_inner());
     let mut attempt = 1;
@@ -210,8 +218,7 @@ fn quote(s: &str) -> String {
 
 /// L1's /init: load KVM, run each spec with a watchdog, report on the console, power off.
 fn init_script(batch: &Batch, args: &[Vec<String>]) -> String {
-    let mut s = String::from(
-        r#"#!/bin/sh
+    let mut s = r#"#!/bin/sh
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t proc proc /proc
@@ -230,6 +237,9 @@ dmesg -c | grep -i -e kvm -e svm -e 'nested paging' | sed 's/^/KILN-RIG-DMESG /'
 echo 1 > /proc/sys/kernel/printk
 read up _ < /proc/uptime
 echo "KILN-RIG-KVM-READY $up"
+# L1's pulse, on its second serial port (apart from the console, whose base64 dumps a
+# line could cut in two): while it beats, L1 runs; when it stops, L1 hung.
+( while :; do echo beat > /dev/ttyS1; sleep {heartbeat}; done ) &
 dump() {
     n=$(wc -c < "$3")
     echo "KILN-RIG-$2 $1 $n"
@@ -255,8 +265,8 @@ stuck() {
     echo "KILN-RIG-WEDGED $1"
     poweroff -f
 }
-"#,
-    );
+"#
+    .replace("{heartbeat}", &HEARTBEAT_SECS.to_string());
     for (i, (spec, argv)) in batch.runs.iter().zip(args).enumerate() {
         let argv: Vec<String> = argv.iter().map(|a| quote(a)).collect();
         let stdin = match spec.stdin {
@@ -308,6 +318,8 @@ fn boot(
 ) -> Result<(String, Option<f64>, Option<String>)> {
     let qemu_log = artifacts_dir().join("rig-last-qemu.log");
     let _ = std::fs::remove_file(&qemu_log);
+    let heartbeat = artifacts_dir().join("rig-heartbeat.log");
+    let _ = std::fs::remove_file(&heartbeat);
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-accel",
@@ -326,6 +338,9 @@ fn boot(
         "-serial",
         "stdio",
     ])
+    // L1's heartbeat (see the init script) arrives on its second serial port, here.
+    .arg("-serial")
+    .arg(format!("file:{}", heartbeat.display()))
     .arg("-kernel")
     .arg(&arts.bzimage)
     .arg("-initrd")
@@ -373,9 +388,30 @@ fn boot(
     // within its timeout plus ~30 s, so silence well past that means L1 itself hung (seen
     // in the rig: both L1 vCPUs idle, no timer firing) and waiting longer is pointless.
     let mut overdue: Option<(usize, Instant)> = None;
+    // The heartbeat file's length and when it last grew (None before the first beat).
+    let mut beat: Option<(u64, Instant)> = None;
+    let silence = Duration::from_secs(HEARTBEAT_SILENCE_SECS);
     loop {
+        let len = std::fs::metadata(&heartbeat).map_or(0, |m| m.len());
+        if len > beat.map_or(0, |b| b.0) {
+            beat = Some((len, Instant::now()));
+        }
+        if let (Some((i, _)), Some((_, at))) = (overdue, beat) {
+            if at.elapsed() > silence {
+                let _ = child.kill();
+                problem = Some(format!(
+                    "{L1_STOPPED}: L1 went silent, no heartbeat for {HEARTBEAT_SILENCE_SECS} s \
+                     during run {:?}; killed QEMU",
+                    batch.runs[i].name
+                ));
+                break;
+            }
+        }
         let until = overdue.map_or(deadline, |(_, t)| t.min(deadline));
-        let left = until.saturating_duration_since(Instant::now());
+        // Wake at least every 5 s to look at the heartbeat.
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(5));
         match rx.recv_timeout(left.max(Duration::from_millis(1))) {
             Ok(line) => {
                 let line = String::from_utf8_lossy(&line).replace('\r', "");
@@ -400,6 +436,7 @@ fn boot(
                 console.push_str(&line);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < until => continue,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 problem = Some(match overdue {
