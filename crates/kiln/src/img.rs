@@ -500,6 +500,12 @@ pub enum ImgCommand {
 
 /// Run an image subcommand; returns the exit status, or a one-line error.
 pub fn execute(cmd: ImgCommand) -> Result<u8, String> {
+    // A reader that goes away (`kiln img map big.qcow2 | head`) ends the command quietly,
+    // as it ends qemu-img, instead of failing a print with a panic.
+    // SAFETY: signal() only resets this process's disposition of SIGPIPE to the default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match cmd {
         ImgCommand::Create {
             format,

@@ -433,3 +433,34 @@ fn qemu_img_option_spellings_are_accepted() {
     ])
     .expect_error("size must be given with -u");
 }
+
+/// A reader that goes away (`kiln img read ... | head -c 10`) ends the command by
+/// SIGPIPE, as it ends qemu-img, with nothing on stderr: no panic.
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let s = Scratch::new();
+    let img = s.file("big.raw", &vec![7u8; 8 << 20]);
+    let mut child = Command::new(kiln_bin())
+        .args(["img", "read", &img, "0", "8M"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut ten = [0u8; 10];
+    out.read_exact(&mut ten).unwrap();
+    assert_eq!(ten, [7u8; 10]);
+    drop(out);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {err}");
+    assert_eq!(err, "");
+}

@@ -3,7 +3,9 @@
 //! tables are (`check` counts their clusters). Kiln never changes a bitmap; a read-write
 //! open clears the autoclear bits instead (see `header_update`), after which QEMU stops
 //! trusting them. The directory is read only while the image says the bitmaps are
-//! consistent, and within bounds a hostile image cannot stretch.
+//! consistent, and within bounds a hostile image cannot stretch. Also QEMU's guess that
+//! an image's metadata was preallocated, which decides whether its block status looks
+//! for holes of the file (`map` and `measure` follow it).
 
 use super::header::AUTOCLEAR_BITMAPS;
 use super::Qcow2;
@@ -84,5 +86,31 @@ impl Qcow2 {
             at = (name_at + name_size).div_ceil(8) * 8;
         }
         Ok(out)
+    }
+}
+
+impl Qcow2 {
+    /// QEMU's guess (`qcow2_detect_metadata_preallocation`) that clusters were allocated
+    /// ahead of their data: at least max(10/9, +2) as many clusters have a refcount as
+    /// the file has clusters' worth of blocks on disk. QEMU then asks the file whether
+    /// allocated data lies in holes (reading as zeros) when it reports block status;
+    /// `map` and `measure` follow it to report what qemu-img reports.
+    pub fn looks_metadata_preallocated(&mut self) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let cs = self.cluster_size;
+        let meta = self.file.metadata().map_err(|e| Error::io("stat", e))?;
+        let real = meta.blocks() * 512 / cs;
+        let threshold = (real * 10 / 9).max(real + 2);
+        let end = file_len(&self.file)?.div_ceil(cs);
+        let mut counted = 0;
+        for c in 0..end {
+            if counted >= threshold {
+                break;
+            }
+            if self.refcount(c)? != 0 {
+                counted += 1;
+            }
+        }
+        Ok(counted >= threshold)
     }
 }

@@ -1,10 +1,13 @@
 //! `kiln img map`: where each range of an image's guest view comes from, walking the
 //! backing chain, in qemu-img map's human and JSON formats (entries merged as qemu-img
-//! merges them).
+//! merges them). As QEMU, in a qcow2 image it guesses was preallocated, a data range that
+//! lies in a hole of the image file reads as zeros and is shown so (`"zero": true,
+//! "data": true`).
 
 use super::{open_image, parse_format};
-use kiln_block::Share;
-use kiln_block::{backing_chain, chain_status};
+use kiln_block::raw::RawFile;
+use kiln_block::{backing_chain, chain_status, BlockDevice, Extent, Format, Share};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// One map entry, as qemu-img's `MapEntry`.
@@ -59,6 +62,33 @@ fn hex16(v: u64) -> String {
     format!("{s:<16}")
 }
 
+/// `e` (data at a host offset in `file`) cut where `file` has holes: those pieces read as
+/// zeros.
+fn split_at_holes(file: &mut RawFile, e: Entry) -> Result<Vec<Entry>, String> {
+    let host = e.offset.unwrap_or(0);
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < e.length {
+        let want = e.length - done;
+        let (kind, n) = if host + done < file.size() {
+            file.extent(host + done, want.min(file.size() - host - done))
+                .map_err(|err| err.to_string())?
+        } else {
+            (Extent::Zero, want)
+        };
+        let n = n.clamp(1, want);
+        out.push(Entry {
+            start: e.start + done,
+            length: n,
+            zero: kind == Extent::Zero,
+            offset: Some(host + done),
+            ..e.clone()
+        });
+        done += n;
+    }
+    Ok(out)
+}
+
 /// `kiln img map [-f fmt] [--output human|json] FILE`.
 pub(super) fn map(
     format: Option<&str>,
@@ -74,6 +104,9 @@ pub(super) fn map(
     let mut img = open_image(file, format, true, share)?;
     let size = img.size();
     let mut entries: Vec<Entry> = Vec::new();
+    // The qcow2 files of the chain, opened as plain files to find their holes.
+    let mut files: HashMap<u32, RawFile> = HashMap::new();
+    let mut looks: HashMap<u32, bool> = HashMap::new();
     let mut off = 0;
     while off < size {
         let (depth, st) = chain_status(img.as_mut(), off, size - off).map_err(|e| e.to_string())?;
@@ -88,9 +121,44 @@ pub(super) fn map(
             offset: st.offset,
         };
         off += st.len.max(1);
-        match entries.last_mut() {
-            Some(last) if last.mergeable(&e) => last.length += e.length,
-            _ => entries.push(e),
+        // Only where QEMU looks (an image it guesses was preallocated), as qemu-img map.
+        let link = match chain
+            .get(depth as usize)
+            .filter(|l| l.format == Format::Qcow2)
+        {
+            Some(l) => {
+                let guess = match looks.get(&depth) {
+                    Some(&g) => g,
+                    None => {
+                        let g = kiln_block::qcow2::Qcow2::open_shared(&l.path, true, Share::Force)
+                            .and_then(|mut q| q.looks_metadata_preallocated())
+                            .map_err(|e| e.to_string())?;
+                        looks.insert(depth, g);
+                        g
+                    }
+                };
+                Some(l).filter(|_| guess)
+            }
+            None => None,
+        };
+        let pieces = match (link, e.offset) {
+            (Some(l), Some(_)) if e.data && !e.zero && !e.compressed => {
+                let f = match files.entry(depth) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                        RawFile::open_shared(&l.path, true, Share::Force)
+                            .map_err(|e| e.to_string())?,
+                    ),
+                };
+                split_at_holes(f, e)?
+            }
+            _ => vec![e],
+        };
+        for e in pieces {
+            match entries.last_mut() {
+                Some(last) if last.mergeable(&e) => last.length += e.length,
+                _ => entries.push(e),
+            }
         }
     }
     if entries.is_empty() {

@@ -111,10 +111,14 @@ fn measure_qcow2(
             let required = if opts.backing_file.is_some() {
                 virtual_size
             } else {
-                // A qcow2 source's clusters can hold holes of its file: QEMU reads those
-                // as zeros, so look at the file too.
+                // A qcow2 source's clusters can hold holes of its file. QEMU counts those
+                // as zeros when it guesses the image was preallocated; so does Kiln.
+                let preallocated = src.format() == Format::Qcow2
+                    && Qcow2::open_shared(f, true, a.share)
+                        .and_then(|mut q| q.looks_metadata_preallocated())
+                        .map_err(|e| e.to_string())?;
                 let mut host = match src.format() {
-                    Format::Qcow2 => Some(
+                    Format::Qcow2 if preallocated => Some(
                         kiln_block::raw::RawFile::open_shared(f, true, Share::Force)
                             .map_err(|e| e.to_string())?,
                     ),
