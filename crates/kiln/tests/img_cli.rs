@@ -464,3 +464,36 @@ fn a_closed_output_pipe_ends_the_command_quietly() {
     assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {err}");
     assert_eq!(err, "");
 }
+
+/// `create` prints qemu-img's "Formatting" line, options in its order (compat and
+/// preallocation only when given).
+#[test]
+fn create_prints_qemu_imgs_formatting_line() {
+    let s = Scratch::new();
+    let p = |n: &str| s.dir.path().join(n).to_str().unwrap().to_string();
+    qemu(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "1M"],
+    );
+    let cases: [&[&str]; 6] = [
+        &["-f", "raw"],
+        &["-f", "raw", "-o", "preallocation=falloc"],
+        &["-f", "qcow2"],
+        &["-f", "qcow2", "-o", "cluster_size=4k,compat=0.10"],
+        &["-f", "qcow2", "-o", "extended_l2=on,compression_type=zstd,lazy_refcounts=on,refcount_bits=8,preallocation=metadata"],
+        &["-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2"],
+    ];
+    for (i, opts) in cases.iter().enumerate() {
+        let (k, q) = (p(&format!("k{i}")), p(&format!("q{i}")));
+        let mut ka = vec!["img", "create"];
+        ka.extend(opts.iter());
+        ka.extend([k.as_str(), "1M"]);
+        let ours = run(&ka);
+        ours.expect_code(0);
+        let mut qa = vec!["create"];
+        qa.extend(opts.iter());
+        qa.extend([q.as_str(), "1M"]);
+        let theirs = qemu("qemu-img", &qa).replace(&q, &k);
+        assert_eq!(ours.stdout, theirs, "{opts:?}");
+    }
+}

@@ -138,6 +138,9 @@ pub(super) fn create(a: CreateArgs<'_>) -> Result<u8, String> {
     if opts.backing_file.is_some() && opts.preallocation != Prealloc::Off {
         return Err("backing file and preallocation cannot be used at the same time".into());
     }
+    if format != Format::Qcow {
+        println!("{}", formatting_line(file, format, &opts, options));
+    }
     match format {
         Format::Raw => RawFile::create_preallocated(file, opts.size, opts.preallocation),
         Format::Qcow2 => qcow2::create(file, &opts),
@@ -145,6 +148,54 @@ pub(super) fn create(a: CreateArgs<'_>) -> Result<u8, String> {
     }
     .map_err(|e| e.to_string())?;
     Ok(0)
+}
+
+/// qemu-img create's "Formatting" line: the format's options in qemu-img's order, those
+/// it prints only when given (compat, preallocation) only when given.
+fn formatting_line(file: &Path, format: Format, opts: &CreateOptions, given: &[String]) -> String {
+    let given: Vec<(&str, &str)> = given
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let given_value = |k: &str| given.iter().rev().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    let onoff = |b: bool| if b { "on" } else { "off" };
+    let mut line = format!("Formatting '{}', fmt={}", file.display(), format.name());
+    if format == Format::Raw {
+        line += &format!(" size={}", opts.size);
+        if let Some(p) = given_value("preallocation") {
+            line += &format!(" preallocation={p}");
+        }
+        return line;
+    }
+    line += &format!(
+        " cluster_size={} extended_l2={}",
+        opts.cluster_size,
+        onoff(opts.extended_l2)
+    );
+    if let Some(p) = given_value("preallocation") {
+        line += &format!(" preallocation={p}");
+    }
+    line += &format!(
+        " compression_type={} size={}",
+        opts.compression.name(),
+        opts.size
+    );
+    if let Some(c) = given_value("compat") {
+        line += &format!(" compat={c}");
+    }
+    if let Some(b) = &opts.backing_file {
+        line += &format!(" backing_file={b}");
+    }
+    if let Some(f) = &opts.backing_format {
+        line += &format!(" backing_fmt={f}");
+    }
+    line += &format!(
+        " lazy_refcounts={} refcount_bits={}",
+        onoff(opts.lazy_refcounts),
+        opts.refcount_bits
+    );
+    line
 }
 
 /// The refusal for creating legacy qcow images.
