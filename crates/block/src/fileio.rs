@@ -136,7 +136,7 @@ pub(crate) fn sync(file: &File) -> Result<()> {
 
 /// The size of an image file, or of a block device (an LVM volume, a partition, a loop
 /// device), whose size `stat` does not give.
-pub(crate) fn file_len(file: &File) -> Result<u64> {
+pub fn file_len(file: &File) -> Result<u64> {
     use std::os::unix::fs::FileTypeExt;
     let meta = file.metadata().map_err(|e| Error::io("stat", e))?;
     if meta.file_type().is_block_device() {

@@ -19,6 +19,7 @@ pub mod raw;
 mod status;
 
 pub use error::{Error, Result};
+pub use fileio::file_len;
 pub use lock::Share;
 pub use open::{open, open_snapshot, probe, resolve_backing, OpenOptions, MAX_CHAIN_DEPTH};
 pub use status::{

@@ -3,9 +3,10 @@
 //! resize). Options only creation can choose are refused with qemu-img's words; changing
 //! the refcount width is refused (convert instead).
 
+use super::create::{parse_bool, parse_compat};
 use super::parse_size;
 use kiln_block::qcow2::{AmendOptions, Qcow2};
-use kiln_block::{Format, Share};
+use kiln_block::{BlockDevice, Format, Share};
 use std::path::Path;
 
 /// `kiln img amend`.
@@ -34,20 +35,8 @@ pub(super) fn amend(format: Option<&str>, options: &[String], file: &Path) -> Re
             .split_once('=')
             .ok_or_else(|| format!("Invalid option '{item}' (expected name=value)"))?;
         match k {
-            "compat" => {
-                o.version = Some(match v {
-                    "0.10" | "v2" => 2,
-                    "1.1" | "v3" => 3,
-                    _ => return Err(format!("Invalid compatibility level: '{v}'")),
-                })
-            }
-            "lazy_refcounts" => {
-                o.lazy_refcounts = Some(match v {
-                    "on" | "true" | "yes" => true,
-                    "off" | "false" | "no" => false,
-                    _ => return Err("Parameter 'lazy_refcounts' expects 'on' or 'off'".into()),
-                })
-            }
+            "compat" => o.version = Some(parse_compat(v)?),
+            "lazy_refcounts" => o.lazy_refcounts = Some(parse_bool(k, v)?),
             "size" => size = Some(parse_size(v)?),
             "refcount_bits" => {
                 refcount_bits = Some(
@@ -76,22 +65,11 @@ pub(super) fn amend(format: Option<&str>, options: &[String], file: &Path) -> Re
         }
     }
     img.amend(&o).map_err(|e| e.to_string())?;
+    let cur = img.size();
+    // The resize opens the image itself: this open (and its write lock) ends first.
     drop(img);
-    if let Some(new) = size {
-        let cur = kiln_block::open(
-            file,
-            &kiln_block::OpenOptions {
-                read_only: true,
-                format: Some(Format::Qcow2),
-                no_backing: true,
-                share: Share::Force,
-            },
-        )
-        .map_err(|e| e.to_string())?
-        .size();
-        if new != cur {
-            kiln_block::resize_image(file, Format::Qcow2, new, false).map_err(|e| e.to_string())?;
-        }
+    if let Some(new) = size.filter(|&n| n != cur) {
+        kiln_block::resize_image(file, Format::Qcow2, new, false).map_err(|e| e.to_string())?;
     }
     Ok(0)
 }

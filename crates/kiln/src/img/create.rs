@@ -10,13 +10,23 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
 
-fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
+/// An on/off option value (qemu-img also takes true/false and yes/no).
+pub(super) fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
         _ => Err(format!(
             "parameter '{name}' expects 'on' or 'off', not '{v}'"
         )),
+    }
+}
+
+/// A qcow2 `compat` level: the header version it stands for.
+pub(super) fn parse_compat(v: &str) -> Result<u32, String> {
+    match v {
+        "0.10" | "v2" => Ok(2),
+        "1.1" | "v3" => Ok(3),
+        _ => Err(format!("invalid compat level '{v}' (0.10 or 1.1)")),
     }
 }
 
@@ -40,13 +50,7 @@ pub(super) fn apply_options(
             }
             (_, "size") => opts.size = parse_size(v)?,
             (Format::Qcow2, "cluster_size") => opts.cluster_size = parse_size(v)?,
-            (Format::Qcow2, "compat") => {
-                opts.version = match v {
-                    "0.10" | "v2" => 2,
-                    "1.1" | "v3" => 3,
-                    _ => return Err(format!("invalid compat level '{v}' (0.10 or 1.1)")),
-                }
-            }
+            (Format::Qcow2, "compat") => opts.version = parse_compat(v)?,
             (Format::Qcow2, "lazy_refcounts") => opts.lazy_refcounts = parse_bool(k, v)?,
             (Format::Qcow2, "extended_l2") => opts.extended_l2 = parse_bool(k, v)?,
             (Format::Qcow2, "refcount_bits") => {

@@ -128,26 +128,18 @@ pub(crate) fn human_size(v: u64) -> String {
     format!("{s} {}B", UNITS[i])
 }
 
-/// A file's size; for a block device (whose `stat` size is 0), where its end is.
-fn byte_size(file: &Path, meta: &std::fs::Metadata) -> Result<u64, String> {
-    use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::FileTypeExt;
-    if !meta.file_type().is_block_device() {
-        return Ok(meta.len());
-    }
-    std::fs::File::open(file)
-        .and_then(|mut f| f.seek(SeekFrom::End(0)))
-        .map_err(|e| format!("{}: {e}", file.display()))
-}
-
 fn gather(format: Option<&str>, file: &Path, share: Share) -> Result<ImageInfo, String> {
     let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let format = match parse_format(format)? {
         Some(f) => f,
         None => kiln_block::probe(file).map_err(|e| e.to_string())?,
     };
-    // As QEMU, in whole 512-byte sectors (the tail of the last one reads as zeros).
-    let length = byte_size(file, &meta)?.next_multiple_of(512);
+    // As QEMU, in whole 512-byte sectors (the tail of the last one reads as zeros): the
+    // block layer's size of the file (a block device's too, which `stat` gives as 0).
+    let length = std::fs::File::open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))
+        .and_then(|f| kiln_block::file_len(&f).map_err(|e| format!("{}: {e}", file.display())))?
+        .next_multiple_of(512);
     let block_device = {
         use std::os::unix::fs::FileTypeExt;
         meta.file_type().is_block_device()

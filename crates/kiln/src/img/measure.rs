@@ -106,6 +106,14 @@ fn measure_qcow2(
         (None, Some(f)) => {
             let mut src = open_image(f, a.format, true, a.share)?;
             let virtual_size = src.size().next_multiple_of(cs);
+            // A qcow2 source once more as itself, for QEMU's preallocation guess and for
+            // its bitmaps.
+            let mut qcow2 = match src.format() {
+                Format::Qcow2 => {
+                    Some(Qcow2::open_shared(f, true, a.share).map_err(|e| e.to_string())?)
+                }
+                _ => None,
+            };
             // The new image's backing file may share nothing with the source: count
             // every cluster. Else the clusters holding data anywhere in the chain.
             let required = if opts.backing_file.is_some() {
@@ -113,23 +121,23 @@ fn measure_qcow2(
             } else {
                 // A qcow2 source's clusters can hold holes of its file. QEMU counts those
                 // as zeros when it guesses the image was preallocated; so does Kiln.
-                let preallocated = src.format() == Format::Qcow2
-                    && Qcow2::open_shared(f, true, a.share)
-                        .and_then(|mut q| q.looks_metadata_preallocated())
-                        .map_err(|e| e.to_string())?;
-                let mut host = match src.format() {
-                    Format::Qcow2 if preallocated => Some(
+                let preallocated = match qcow2.as_mut() {
+                    Some(q) => q.looks_metadata_preallocated().map_err(|e| e.to_string())?,
+                    None => false,
+                };
+                let mut host = match preallocated {
+                    true => Some(
                         kiln_block::raw::RawFile::open_shared(f, true, Share::Force)
                             .map_err(|e| e.to_string())?,
                     ),
-                    _ => None,
+                    false => None,
                 };
                 data_clusters(src.as_mut(), host.as_mut(), cs)? * cs
             };
             // Only a qcow2 v3 source can carry persistent bitmaps.
-            let bitmaps = match opts.version >= 3 && src.format() == Format::Qcow2 {
-                true => source_bitmaps_size(f, a.share, cs)?,
-                false => None,
+            let bitmaps = match qcow2.as_ref().filter(|_| opts.version >= 3) {
+                Some(q) => source_bitmaps_size(q, cs)?,
+                None => None,
             };
             (virtual_size, required, bitmaps)
         }
@@ -189,11 +197,10 @@ fn data_clusters(
     Ok(count)
 }
 
-/// Bytes the persistent bitmaps of the qcow2 image at `path` would take in an image of
+/// Bytes the persistent bitmaps of the qcow2 image `img` would take in an image of
 /// `cs`-byte clusters, as QEMU counts them (each bitmap whole, its table, the directory);
 /// None unless the source is version 3.
-fn source_bitmaps_size(path: &Path, share: Share, cs: u64) -> Result<Option<u64>, String> {
-    let img = Qcow2::open_shared(path, true, share).map_err(|e| e.to_string())?;
+fn source_bitmaps_size(img: &Qcow2, cs: u64) -> Result<Option<u64>, String> {
     if img.header().version < 3 {
         return Ok(None);
     }
